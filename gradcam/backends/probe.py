@@ -1,0 +1,48 @@
+"""What a backend hands to the math: plain NumPy arrays in the canonical layout of DESIGN.md section 3."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Probe:
+    """Activations and gradients of one batch at one or more layers.
+
+    Attributes
+    ----------
+    activations, gradients
+        layer name -> ``(N, K, h, w)`` float32, channels first; ``gradients[l] = d y_n / d A_n``.
+    scores
+        ``(N,)`` float32: the target score of each image (raw, before softmax).
+    targets
+        ``(N,)`` int64 class index per image, or -1 where the target was a callable.
+    logits
+        ``(N, C)`` float32 model outputs when the output is a class-score matrix, else ``None``.
+    input_size
+        ``(H, W)`` of the input images.
+    """
+
+    activations: dict[str, np.ndarray]
+    gradients: dict[str, np.ndarray]
+    scores: np.ndarray
+    targets: np.ndarray
+    logits: np.ndarray | None
+    input_size: tuple[int, int]
+    layers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InputGradient:
+    """``d y / d x`` under a ReLU backward rule, as ``(N, C, H, W)`` float32 (channels first).
+
+    ``probe`` holds the plain activations and gradients at the requested layers when those were
+    asked for in the same pass (Guided Grad-CAM), else ``None``.
+    """
+
+    gradient: np.ndarray
+    scores: np.ndarray
+    targets: np.ndarray
+    logits: np.ndarray | None
+    probe: Probe | None = None

@@ -1,0 +1,58 @@
+"""The formulas of the Grad-CAM family in plain NumPy, one small function per rule.
+
+Nothing here imports a framework: activations ``A`` and gradients ``G`` arrive as ``(N, K, h, w)``
+arrays from any backend (or from a hand-worked example), and every function returns NumPy.
+"""
+from gradcam.reference.cams import (
+    cam,
+    counterfactual_grad_cam,
+    eigen_cam,
+    grad_cam,
+    grad_cam_pp,
+    grad_cam_pp_weights,
+    grad_cam_weights,
+    guided_grad_cam,
+    hires_cam,
+    layer_cam,
+    relu,
+    smooth_grad_cam_pp,
+    smooth_grad_cam_pp_weights,
+    weighted_map,
+    xgrad_cam,
+    xgrad_cam_weights,
+)
+from gradcam.reference.colour import COLORMAPS, colormap, gradient_image, overlay
+from gradcam.reference.localization import bounding_box, box_iou, pointing_game_hit
+from gradcam.reference.postprocess import bilinear_matrix, normalize, upsample
+from gradcam.reference.relu_rules import RULES, relu_backward
+
+__all__ = [
+    "COLORMAPS",
+    "RULES",
+    "bilinear_matrix",
+    "bounding_box",
+    "box_iou",
+    "cam",
+    "colormap",
+    "counterfactual_grad_cam",
+    "eigen_cam",
+    "grad_cam",
+    "grad_cam_pp",
+    "grad_cam_pp_weights",
+    "grad_cam_weights",
+    "gradient_image",
+    "guided_grad_cam",
+    "hires_cam",
+    "layer_cam",
+    "normalize",
+    "overlay",
+    "pointing_game_hit",
+    "relu",
+    "relu_backward",
+    "smooth_grad_cam_pp",
+    "smooth_grad_cam_pp_weights",
+    "upsample",
+    "weighted_map",
+    "xgrad_cam",
+    "xgrad_cam_weights",
+]

@@ -1,0 +1,229 @@
+"""The Grad-CAM family's rules, one function each, in the papers' notation.
+
+``A`` are a layer's activations and ``G = dy^c / dA`` the gradients of the class score, both
+``(N, K, h, w)``: N images, K channels, an ``h x w`` grid. ``Z = h * w``. Sums over ``i, j`` run
+over the grid, over ``k`` over channels. Every map function returns the raw map ``(N, h, w)``
+float32; the math runs in float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gradcam.reference.checks import activations_and_gradients, as_maps
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """``max(x, 0)``."""
+    return np.maximum(x, 0.0)
+
+
+def weighted_map(A: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``L = ReLU(sum_k w_k A_k)``: the map that every channel-weighting method ends with.
+
+    Parameters
+    ----------
+    A : (N, K, h, w) activations.
+    weights : (N, K) one weight per channel and image.
+    """
+    A = as_maps(A, "A (activations)")
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != A.shape[:2]:
+        raise ValueError(f"weights must have shape (N, K) = {A.shape[:2]}, got {weights.shape}")
+    return relu(np.einsum("nk,nkij->nij", weights, A)).astype(np.float32)
+
+
+def grad_cam_weights(G: np.ndarray) -> np.ndarray:
+    """Grad-CAM channel weights, global average pooling of the gradients (Selvaraju et al., eq. 1).
+
+    ``alpha_k = (1/Z) sum_ij G_kij``. Returns ``(N, K)`` float32.
+    """
+    return _mean_gradient(as_maps(G, "G (gradients)")).astype(np.float32)
+
+
+def _mean_gradient(G: np.ndarray) -> np.ndarray:
+    Z = G.shape[2] * G.shape[3]
+    return G.sum(axis=(2, 3)) / Z
+
+
+def grad_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al., eq. 2): ``L = ReLU(sum_k alpha_k A_k)``, ``alpha = grad_cam_weights(G)``."""
+    A, G = activations_and_gradients(A, G)
+    return weighted_map(A, _mean_gradient(G))
+
+
+def counterfactual_grad_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Counterfactual Grad-CAM (Selvaraju et al., section 5.3): Grad-CAM with ``-G``.
+
+    ``L = ReLU(sum_k alpha_k A_k)`` with ``alpha_k = (1/Z) sum_ij -G_kij``: the regions whose removal would
+    raise the model's confidence in the class.
+    """
+    A, G = activations_and_gradients(A, G)
+    return weighted_map(A, _mean_gradient(-G))
+
+
+def cam(A: np.ndarray, fc_weight: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """CAM (Zhou et al., 2016) for a global-average-pooling + fully-connected head.
+
+    ``L^c = ReLU(sum_k W_fc[c, k] A_k)``. For such a head ``y^c = sum_k W_ck (1/Z) sum_ij A_kij + b_c``, so
+    ``G_kij = W_ck / Z`` and Grad-CAM's ``alpha_k = W_ck / Z``: CAM equals ``Z`` times Grad-CAM.
+
+    Parameters
+    ----------
+    A : (N, K, h, w) activations entering the pooling.
+    fc_weight : (C, K) the dense layer's weight matrix (classes x channels).
+    targets : (N,) the class index per image.
+    """
+    A = as_maps(A, "A (activations)")
+    fc_weight = np.asarray(fc_weight, dtype=np.float64)
+    targets = np.asarray(targets)
+    if fc_weight.ndim != 2 or fc_weight.shape[1] != A.shape[1]:
+        raise ValueError(
+            f"fc_weight must have shape (classes, K) with K = {A.shape[1]} channels, got {fc_weight.shape}"
+        )
+    if targets.shape != (A.shape[0],):
+        raise ValueError(f"targets must have shape (N,) = ({A.shape[0]},), got {targets.shape}")
+    return weighted_map(A, fc_weight[targets])
+
+
+def grad_cam_pp_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ channel weights (Chattopadhyay et al., eq. 19, exponential score).
+
+    With ``Y = exp(S)`` every derivative of ``Y`` is ``exp(S)`` times a power of ``G = dS/dA``:
+    ``dY/dA = exp(S) G``, ``d2Y/dA2 = exp(S) G^2``, ``d3Y/dA3 = exp(S) G^3``. In
+
+        a_kij = G_kij^2 / (2 G_kij^2 + sum_ab A_kab G_kij^3)
+
+    the factor ``exp(S)`` cancels, and in ``w_k = sum_ij a_kij ReLU(G_kij)`` it only scales every weight
+    alike, so it is left out (no overflow). ``a`` is 0 where its denominator is 0, with no epsilon: an
+    absolute epsilon would change the map wherever gradients are small, which they are in real networks.
+    Returns ``(N, K)`` float32.
+    """
+    A, G = activations_and_gradients(A, G)
+    return _pp_weights(A.sum(axis=(2, 3), keepdims=True), G, G**2, G**3).astype(np.float32)
+
+
+def _pp_weights(S: np.ndarray, D1: np.ndarray, D2: np.ndarray, D3: np.ndarray) -> np.ndarray:
+    """``w_k = sum_ij a_kij ReLU(D1_kij)``, ``a = D2 / (2 D2 + S_k D3)``, 0 where the denominator is 0."""
+    denominator = 2.0 * D2 + S * D3
+    a = np.divide(D2, denominator, out=np.zeros_like(D2), where=denominator != 0.0)
+    return (a * relu(D1)).sum(axis=(2, 3))
+
+
+def grad_cam_pp(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al.): ``L = ReLU(sum_k w_k A_k)``, ``w = grad_cam_pp_weights(A, G)``."""
+    A, G = activations_and_gradients(A, G)
+    return weighted_map(A, _pp_weights(A.sum(axis=(2, 3), keepdims=True), G, G**2, G**3))
+
+
+def smooth_grad_cam_pp_weights(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Smooth Grad-CAM++ channel weights (Omeiza et al., 2019, Algorithm 1).
+
+    ``Gs`` are the gradients of ``T`` noisy copies ``x + N(0, sigma^2)``, ``ys`` their scores. Under
+    ``Y = exp(S)`` the copies' derivatives are averaged with ``e_t = exp(y_t - max_t y_t)``:
+
+        D1 = mean_t e_t G_t,  D2 = mean_t e_t G_t^2,  D3 = mean_t e_t G_t^3
+        a = D2 / (2 D2 + S_k D3),  w_k = sum_ij a ReLU(D1)
+
+    Shifting the scores by their maximum multiplies every ``e_t`` by one common factor, which cancels in
+    ``a`` and scales ``w`` alike; it keeps ``exp`` from overflowing for large scores.
+
+    Parameters
+    ----------
+    A : (N, K, h, w) activations of the clean input.
+    Gs : (T, N, K, h, w) gradients of the T noisy copies.
+    ys : (T, N) the copies' scores.
+    """
+    return _smooth_pp_weights(A, Gs, ys).astype(np.float32)
+
+
+def _smooth_pp_weights(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    A = as_maps(A, "A (activations)")
+    Gs = as_maps(Gs, "Gs (gradients of the noisy copies)", "(T, N, K, h, w)", ndim=5)
+    ys = as_maps(ys, "ys (scores of the noisy copies)", "(T, N)", ndim=2)
+    if Gs.shape[1:] != A.shape:
+        raise ValueError(f"Gs must have shape (T, N, K, h, w) = (T, *{A.shape}), got {Gs.shape}")
+    if ys.shape != Gs.shape[:2]:
+        raise ValueError(f"ys must have shape (T, N) = {Gs.shape[:2]}, got {ys.shape}")
+    e = np.exp(ys - ys.max(axis=0, keepdims=True))[:, :, None, None, None]
+    D1 = (e * Gs).mean(axis=0)
+    D2 = (e * Gs**2).mean(axis=0)
+    D3 = (e * Gs**3).mean(axis=0)
+    S = A.sum(axis=(2, 3), keepdims=True)
+    return _pp_weights(S, D1, D2, D3)
+
+
+def smooth_grad_cam_pp(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Smooth Grad-CAM++: ``L = ReLU(sum_k w_k A_k)``, ``w = smooth_grad_cam_pp_weights(A, Gs, ys)``."""
+    return weighted_map(A, _smooth_pp_weights(A, Gs, ys))
+
+
+def xgrad_cam_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """XGrad-CAM channel weights (Fu et al., 2020): ``w_k = sum_ij (A_kij / sum_ab A_kab) G_kij``.
+
+    A channel whose activations sum to 0 gets weight 0. Returns ``(N, K)`` float32.
+    """
+    A, G = activations_and_gradients(A, G)
+    return _activation_weighted_gradient(A, G).astype(np.float32)
+
+
+def _activation_weighted_gradient(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    total = A.sum(axis=(2, 3), keepdims=True)
+    share = np.divide(A, total, out=np.zeros_like(A), where=total != 0.0)
+    return (share * G).sum(axis=(2, 3))
+
+
+def xgrad_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """XGrad-CAM: ``L = ReLU(sum_k w_k A_k)``, ``w = xgrad_cam_weights(A, G)``."""
+    A, G = activations_and_gradients(A, G)
+    return weighted_map(A, _activation_weighted_gradient(A, G))
+
+
+def layer_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """LayerCAM (Jiang et al., 2021): ``L = ReLU(sum_k ReLU(G_k) * A_k)``, elementwise weights."""
+    A, G = activations_and_gradients(A, G)
+    return relu((relu(G) * A).sum(axis=1)).astype(np.float32)
+
+
+def hires_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos & Carin, 2020): ``L = ReLU(sum_k G_k * A_k)``, elementwise weights."""
+    A, G = activations_and_gradients(A, G)
+    return relu((G * A).sum(axis=1)).astype(np.float32)
+
+
+def eigen_cam(A: np.ndarray) -> np.ndarray:
+    """Eigen-CAM (Muhammad & Yeasin, 2020): the activations projected on their first principal component.
+
+    Per image, ``O = A`` reshaped to ``(Z, K)`` (one row per position), ``O = U S V^T``; the map is
+    ``L = ReLU(O v_1)`` reshaped to ``(h, w)``. As in the paper, ``O`` is not centred. The sign of a
+    singular vector is arbitrary, so it is chosen to make the projection agree (positive inner product)
+    with the mean activation over channels. No gradient is used.
+    """
+    A = as_maps(A, "A (activations)")
+    n, k, h, w = A.shape
+    maps = np.zeros((n, h * w))
+    for i in range(n):
+        O = A[i].reshape(k, h * w).T
+        _, _, Vt = np.linalg.svd(O, full_matrices=False)
+        projection = O @ Vt[0]
+        if projection @ O.mean(axis=1) < 0:
+            projection = -projection
+        maps[i] = projection
+    return relu(maps).reshape(n, h, w).astype(np.float32)
+
+
+def guided_grad_cam(guided_gradients: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Guided Grad-CAM (Selvaraju et al., section 3.1): ``guided backprop * L``, pointwise per colour channel.
+
+    Parameters
+    ----------
+    guided_gradients : (N, C, H, W) Guided Backprop's input gradients.
+    maps : (N, H, W) Grad-CAM maps, upsampled to the input size and normalised to [0, 1].
+    """
+    guided_gradients = as_maps(guided_gradients, "guided_gradients", "(N, C, H, W)")
+    maps = as_maps(maps, "maps", "(N, H, W)", ndim=3)
+    if maps.shape != (guided_gradients.shape[0], *guided_gradients.shape[2:]):
+        raise ValueError(
+            f"maps must have shape (N, H, W) = {(guided_gradients.shape[0], *guided_gradients.shape[2:])}, "
+            f"got {maps.shape}"
+        )
+    return (guided_gradients * maps[:, None]).astype(np.float32)
