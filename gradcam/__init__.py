@@ -1,2 +1,52 @@
-"""gradcam: the Grad-CAM family for PyTorch, TensorFlow/Keras and JAX, with the math in plain NumPy."""
+"""gradcam: the Grad-CAM family for PyTorch, TensorFlow/Keras and JAX, with the math in plain NumPy.
+
+    import gradcam
+    cam = gradcam.GradCAM(model, layer="layer4")   # the backend follows the model's framework
+    ex = cam(x)                                      # x: a framework tensor or a NumPy batch
+    ex.maps, ex.raw, ex.weights, ex.targets, ex.scores, ex.overlay(images)
+
+Importing this package imports no framework: a backend is loaded when a model of its framework arrives.
+"""
+from gradcam import reference
+from gradcam.api import explain, method_class
+from gradcam.backends.common import vit_reshape
+from gradcam.explanation import ChannelRanking, Explanation
+from gradcam.methods import (
+    CAM,
+    METHODS,
+    Deconvnet,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
+    HiResCAM,
+    LayerCAM,
+    Method,
+    SmoothGradCAMPlusPlus,
+    XGradCAM,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "CAM",
+    "ChannelRanking",
+    "Deconvnet",
+    "EigenCAM",
+    "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "METHODS",
+    "Method",
+    "SmoothGradCAMPlusPlus",
+    "XGradCAM",
+    "explain",
+    "method_class",
+    "reference",
+    "vit_reshape",
+]
