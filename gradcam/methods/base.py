@@ -46,11 +46,21 @@ class Method(ABC):
         self.layers = layer_list(layer)
         self.reshape = reshape
         self.backend: ModuleType = backend_by_name(backend) if backend else get_backend(model)
+        self._default_layers: dict[tuple, list[str]] = {}
 
     @abstractmethod
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         """Explain the batch ``x`` for ``target``: ``None`` (top-1), an int, one int per image, or a callable
         on the model's outputs returning one score per image."""
+
+    def layers_for(self, x: Any) -> list[Any]:
+        """The requested layers, or the backend's default layer for inputs shaped like ``x`` (found once)."""
+        if self.layers:
+            return self.layers
+        key = tuple(getattr(x, "shape", ()))[1:]
+        if key not in self._default_layers:
+            self._default_layers[key] = [self.backend.default_layer(self.model, x)]
+        return self._default_layers[key]
 
     def __repr__(self) -> str:
         layers = ", ".join(map(str, self.layers)) or "default"
@@ -64,7 +74,7 @@ class LayerMethod(Method):
         return self.explain_probe(self.probe(x, target))
 
     def probe(self, x: Any, target: Target) -> Probe:
-        return self.backend.probe(self.model, x, self.layers or None, target, reshape=self.reshape)
+        return self.backend.probe(self.model, x, self.layers_for(x), target, reshape=self.reshape)
 
     @abstractmethod
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, np.ndarray | None]:

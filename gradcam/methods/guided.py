@@ -49,7 +49,7 @@ class GuidedGradCAM(GradCAM):
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         result = self.backend.input_gradient(
-            self.model, x, target, rule="guided", layers=self.layers or None, reshape=self.reshape
+            self.model, x, target, rule="guided", layers=self.layers_for(x), reshape=self.reshape
         )
         explanation = self.explain_probe(result.probe)
         explanation.maps = ref.guided_grad_cam(result.gradient, explanation.maps)

@@ -1,0 +1,162 @@
+"""The ``gradcam`` command: explain images, compare methods in one figure, list a model's layers.
+
+With no image it explains the bundled sample images with the embedded default model, so a first run needs
+no download and no argument: ``gradcam explain`` writes heat maps, overlays and ``summary.json`` to results/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gradcam.cli.loading import CommandError, LoadedModel, load_model
+from gradcam.methods import METHODS
+
+MODEL_HELP = (
+    "the model: 'default' (the embedded model, trained on synthetic shapes), 'biased' (its twin trained with a "
+    "spurious corner mark), torchvision:NAME, timm:NAME, keras:NAME (when those packages are installed), a .keras "
+    "file, or a factory path/to/file.py:function or package.module:function returning a model (default: default)"
+)
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size must be N or H,W, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be N or H,W, got {text!r}")
+    return values[0], values[1]
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
+    parser.add_argument("--weights", default=None, help="a PyTorch state_dict (loaded with weights_only=True) or Keras weights file")
+    parser.add_argument("--backend", default=None, help="framework of the embedded model: torch (default), tensorflow or jax")
+    parser.add_argument("--device", default=None, help="PyTorch device, e.g. cpu or cuda:0")
+    parser.add_argument("--image-size", type=_size, default=None, help="resize inputs to N or H,W (default: the model's size)")
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--method", nargs="+", default=[default], metavar="METHOD",
+        help=f"one or more of: {', '.join(METHODS)}, or all (default: {default})",
+    )
+    parser.add_argument("--layer", default=None, help="layer to explain (default: the model's last spatial layer)")
+    parser.add_argument("--class-id", type=int, default=None, help="class to explain (default: the top-1 class)")
+    parser.add_argument("--fc-layer", default=None, help="for --method cam: the dense layer after global pooling")
+    parser.add_argument("--n-samples", type=int, default=8, help="noisy copies for smoothgradcam++ (default 8)")
+    parser.add_argument("--noise-level", type=float, default=0.15, help="noise for smoothgradcam++, a share of the value range (default 0.15)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradcam",
+        description="Explain image models with the Grad-CAM family (PyTorch, TensorFlow/Keras, JAX).",
+        epilog="Run 'gradcam COMMAND --help' for a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    explain = commands.add_parser(
+        "explain", help="write heat maps, overlays and summary.json for images",
+        description="Explain images: for each image and method a heat map PNG, an overlay PNG (and for guided "
+        "methods the guided picture), one line per image in records.jsonl and a summary.json. With no IMAGES, the "
+        "bundled samples with the embedded model. Running again into the same folder skips images already recorded.",
+    )
+    explain.add_argument("images", nargs="*", type=Path, metavar="IMAGES", help="image files (default: the bundled samples)")
+    _add_model_arguments(explain)
+    _add_method_arguments(explain, "gradcam")
+    explain.add_argument("--output-dir", type=Path, default=Path("results"), help="where results go (default: results/)")
+    explain.add_argument("--overwrite", action="store_true", help="start over instead of skipping images already recorded")
+    explain.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: Pillow's decompression-bomb limit)")
+
+    compare = commands.add_parser(
+        "compare", help="one figure: methods as columns, images (and models) as rows",
+        description="Draw one PNG comparing methods side by side: a column per method, a row per image and model.",
+    )
+    compare.add_argument("images", nargs="*", type=Path, metavar="IMAGES", help="image files (default: the bundled samples)")
+    compare.add_argument("--model", action="append", default=None, help=MODEL_HELP + "; repeat to compare models")
+    compare.add_argument("--weights", default=None, help="weights for the (single) model")
+    compare.add_argument("--backend", default=None, help="framework of the embedded model: torch, tensorflow or jax")
+    compare.add_argument("--device", default=None, help="PyTorch device")
+    compare.add_argument("--image-size", type=_size, default=None, help="resize inputs to N or H,W")
+    _add_method_arguments(compare, "all")
+    compare.add_argument("--output", type=Path, default=Path("results/compare.png"), help="the figure (default: results/compare.png)")
+    compare.add_argument("--cell-size", type=int, default=160, help="pixels per picture in the figure (default 160)")
+
+    layers = commands.add_parser(
+        "layers", help="list the model's layers with their output shapes",
+        description="List the model's layers in execution order with output shapes; * marks the default layer.",
+    )
+    _add_model_arguments(layers)
+    return parser
+
+
+def _images(paths: list[Path]) -> list[Path]:
+    if paths:
+        return paths
+    from gradcam.datasets import sample_paths
+
+    return sample_paths()
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {
+        "fc_layer": args.fc_layer,
+        "n_samples": args.n_samples,
+        "noise_level": args.noise_level,
+        "max_pixels": getattr(args, "max_pixels", None),
+    }
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from gradcam.cli.explain import run_explain
+
+    loaded = load_model(args.model, args.weights, args.backend, args.device)
+    return run_explain(
+        loaded, _images(args.images), args.output_dir, args.method, args.layer, args.class_id,
+        args.image_size, args.batch_size, _options(args), overwrite=args.overwrite,
+    )
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from gradcam.cli.compare import run_compare
+
+    specs = args.model or [None]
+    if args.weights and len(specs) > 1:
+        raise CommandError("--weights applies to a single --model")
+    models = [load_model(spec, args.weights, args.backend, args.device) for spec in specs]
+    return run_compare(models, _images(args.images), args.output, args.method, args.layer, args.class_id, args.image_size, args.cell_size, _options(args))
+
+
+def _run_layers(args: argparse.Namespace) -> int:
+    loaded: LoadedModel = load_model(args.model, args.weights, args.backend, args.device)
+    from gradcam.backends import backend_by_name
+
+    backend = backend_by_name(loaded.backend)
+    size = args.image_size or loaded.image_size
+    x = loaded.prepare(np.zeros((1, *size, 3), np.uint8))
+    default = backend.default_layer(loaded.model, x)
+    shapes = backend.layer_shapes(loaded.model, x)
+    width = max(len(name) for name, _ in shapes)
+    print(f"{loaded.name}, input {size[0]}x{size[1]}; * marks the default layer")
+    for name, shape in shapes:
+        print(f"{'*' if name == default else ' '} {name:<{width}}  {tuple(shape)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 1 some images failed, 2 a usage error)."""
+    args = build_parser().parse_args(argv)
+    run = {"explain": _run_explain, "compare": _run_compare, "layers": _run_layers}[args.command]
+    try:
+        return run(args)
+    except CommandError as error:
+        print(f"gradcam: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,210 @@
+"""Turning the command line's ``--model`` and ``--weights`` into a model, its backend and its preprocessing."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKEND_ALIASES = {"torch": "torch", "pytorch": "torch", "tensorflow": "tensorflow", "keras": "tensorflow", "jax": "jax", "flax": "jax"}
+
+
+class CommandError(Exception):
+    """A problem the user can fix, reported as one line without a traceback."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the command: what it is, how to feed it, and what to call its classes."""
+
+    model: Any
+    backend: str
+    name: str
+    image_size: tuple[int, int]
+    prepare: Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> the model's input batch (NumPy)
+    class_names: list[str] | None = None
+    fc_layer: str | None = None
+    layer: str | None = None
+
+
+def scaled(layout: str, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, scale: float = 1.0):
+    """``(N, H, W, 3)`` uint8 -> float32 in ``[0, scale]``, optionally standardised, in ``layout``."""
+
+    def prepare(images: np.ndarray) -> np.ndarray:
+        x = images.astype(np.float32) * np.float32(scale / 255.0)
+        if mean is not None:
+            x = (x - np.float32(mean)) / np.float32(std)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)
+
+    return prepare
+
+
+def _backend_name(backend: str | None, default: str = "torch") -> str:
+    if backend is None:
+        return default
+    if backend not in BACKEND_ALIASES:
+        raise CommandError(f"unknown backend {backend!r}; choose one of torch, tensorflow, jax")
+    return BACKEND_ALIASES[backend]
+
+
+def _require(module: str, spec: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise CommandError(f"--model {spec} needs the package {module!r}, which does not import here ({error})") from None
+
+
+def _default(kind: str, backend: str | None) -> LoadedModel:
+    from gradcam import models
+
+    name = _backend_name(backend)
+    layout = "NCHW" if name == "torch" else "NHWC"
+    return LoadedModel(
+        model=models.default_model(name, kind),
+        backend=name,
+        name=f"embedded {kind} model ({name})",
+        image_size=(64, 64),
+        prepare=scaled(layout),
+        class_names=list(models.CLASSES),
+        fc_layer="fc",
+        layer=models.FEATURE_LAYER,
+    )
+
+
+def _torchvision(name: str, spec: str) -> LoadedModel:
+    tv = _require("torchvision", spec)
+    if not hasattr(tv.models, name):
+        raise CommandError(f"torchvision has no model {name!r}")
+    return LoadedModel(getattr(tv.models, name)(weights=None).eval(), "torch", spec, (224, 224), scaled("NCHW", IMAGENET_MEAN, IMAGENET_STD))
+
+
+def _timm(name: str, spec: str) -> LoadedModel:
+    timm = _require("timm", spec)
+    try:
+        model = timm.create_model(name, pretrained=False).eval()
+    except RuntimeError as error:
+        raise CommandError(f"timm cannot build {name!r}: {error}") from None
+    config = getattr(model, "pretrained_cfg", {}) or {}
+    size = tuple(config.get("input_size", (3, 224, 224))[1:])
+    mean, std = config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
+    return LoadedModel(model, "torch", spec, size, scaled("NCHW", tuple(mean), tuple(std)))
+
+
+def _keras_application(name: str, spec: str) -> LoadedModel:
+    keras = _require("keras", spec)
+    builder = getattr(keras.applications, name, None)
+    if builder is None:
+        raise CommandError(f"keras.applications has no model {name!r}")
+    preprocess = next(
+        (
+            getattr(module, "preprocess_input")
+            for module in vars(keras.applications).values()
+            if hasattr(module, name) and hasattr(module, "preprocess_input") and module is not keras.applications
+        ),
+        None,
+    )
+    model = builder(weights=None)
+    size = tuple(model.input_shape[1:3])
+    to_unit = scaled("NHWC", scale=255.0)
+    prepare = (lambda images: np.asarray(preprocess(to_unit(images)))) if preprocess else to_unit
+    return LoadedModel(model, "tensorflow", spec, size, prepare)
+
+
+def _keras_file(path: Path) -> LoadedModel:
+    keras = _require("keras", str(path))
+    try:
+        model = keras.models.load_model(path)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot load the Keras model {path}: {error}") from None
+    size = tuple(model.input_shape[1:3]) if None not in model.input_shape[1:3] else (224, 224)
+    return LoadedModel(model, "tensorflow", str(path), size, scaled("NHWC"))
+
+
+def _factory(spec: str) -> LoadedModel:
+    location, _, function = spec.rpartition(":")
+    if location.endswith(".py"):
+        path = Path(location)
+        if not path.is_file():
+            raise CommandError(f"--model {spec}: no such file {path}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as error:
+            raise CommandError(f"--model {spec}: cannot import {location!r} ({error})") from None
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise CommandError(f"--model {spec}: {location} has no function {function!r}")
+    model = factory()
+    from gradcam.backends import get_backend
+
+    try:
+        backend = get_backend(model).__name__.rsplit(".", 1)[-1]
+    except TypeError as error:
+        raise CommandError(f"--model {spec}: {error}") from None
+    return LoadedModel(model, backend, spec, (224, 224), scaled("NCHW" if backend == "torch" else "NHWC"))
+
+
+def load_model(spec: str | None, weights: str | None = None, backend: str | None = None, device: str | None = None) -> LoadedModel:
+    """The model named by ``spec`` (see ``gradcam explain --help``) with ``weights`` loaded into it."""
+    if spec in (None, "default", "biased"):
+        loaded = _default(spec or "default", backend)
+    elif spec.startswith("torchvision:"):
+        loaded = _torchvision(spec.split(":", 1)[1], spec)
+    elif spec.startswith("timm:"):
+        loaded = _timm(spec.split(":", 1)[1], spec)
+    elif spec.startswith("keras:"):
+        loaded = _keras_application(spec.split(":", 1)[1], spec)
+    elif spec.endswith(".keras"):
+        if not Path(spec).is_file():
+            raise CommandError(f"--model {spec}: no such file")
+        loaded = _keras_file(Path(spec))
+    elif ":" in spec:
+        loaded = _factory(spec)
+    else:
+        raise CommandError(
+            f"unknown model {spec!r}; give default, biased, torchvision:NAME, timm:NAME, keras:NAME, "
+            "a .keras file, or a factory path/to/file.py:function or package.module:function"
+        )
+    if weights is not None:
+        load_weights(loaded, Path(weights))
+    if device is not None:
+        if loaded.backend != "torch":
+            raise CommandError("--device applies to PyTorch models only")
+        loaded.model = loaded.model.to(device)
+    return loaded
+
+
+def load_weights(loaded: LoadedModel, path: Path) -> None:
+    """Load a PyTorch state_dict (``torch.load(weights_only=True)``) or Keras weights into the model."""
+    if not path.is_file():
+        raise CommandError(f"--weights {path}: no such file")
+    if loaded.backend == "torch":
+        import torch
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many kinds for a file that is not a state_dict
+            raise CommandError(f"--weights {path}: not a PyTorch state_dict ({type(error).__name__}: {error})") from None
+        if not isinstance(state, dict):
+            raise CommandError(f"--weights {path}: expected a state_dict, found {type(state).__name__}")
+        try:
+            loaded.model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()
+            detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
+            raise CommandError(f"--weights {path} do not fit the model: {detail}") from None
+    elif loaded.backend == "tensorflow":
+        try:
+            loaded.model.load_weights(path)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"--weights {path} do not fit the model: {error}") from None
+    else:
+        raise CommandError("--weights is supported for PyTorch and Keras models")
