@@ -17,7 +17,8 @@ $(STAMP): $(BIN)/python setup.cfg requirements-test.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gradcam explain --output-dir results
+	$(BIN)/gradcam explain --method all --output-dir results
+	$(BIN)/gradcam compare --output results/compare.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
