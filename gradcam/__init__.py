@@ -9,11 +9,13 @@ Importing this package imports no framework: a backend is loaded when a model of
 """
 from gradcam import reference
 from gradcam.api import explain, method_class
+from gradcam.compare import Comparison, compare
 from gradcam.backends.common import vit_reshape
 from gradcam.explanation import ChannelRanking, Explanation
 from gradcam.methods import (
     CAM,
     METHODS,
+    AblationCAM,
     Deconvnet,
     EigenCAM,
     GradCAM,
@@ -23,6 +25,8 @@ from gradcam.methods import (
     HiResCAM,
     LayerCAM,
     Method,
+    Occlusion,
+    ScoreCAM,
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
@@ -30,8 +34,10 @@ from gradcam.methods import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationCAM",
     "CAM",
     "ChannelRanking",
+    "Comparison",
     "Deconvnet",
     "EigenCAM",
     "Explanation",
@@ -43,8 +49,11 @@ __all__ = [
     "LayerCAM",
     "METHODS",
     "Method",
+    "Occlusion",
+    "ScoreCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
+    "compare",
     "explain",
     "method_class",
     "reference",

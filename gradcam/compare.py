@@ -36,7 +36,7 @@ class Difference:
     model: str
     reference: str
     scores: float  # max |y - y_ref|
-    scores_relative: float  # max |y - y_ref| / max(|y_ref|, tiny)
+    scores_relative: float  # max |y - y_ref| / max |y_ref|: relative to the batch's score scale
     weights: float | None  # max |w - w_ref| (methods with channel weights)
     maps: float  # max |m - m_ref| of the maps as compared (see Comparison)
 
@@ -98,7 +98,7 @@ def compare(
     x: np.ndarray,
     methods: tuple[str, ...] | list[str] = DEFAULT_METHODS,
     target: Any = None,
-    **options: Any,
+    method_options: dict[str, dict[str, Any]] | None = None,
 ) -> Comparison:
     """Explain ``x`` with every method on every model and measure how far each model is from the first.
 
@@ -110,7 +110,8 @@ def compare(
     methods : method names (``gradcam.METHODS``).
     target : as for every method; ``None`` explains each model's own top-1 class, so give an int or a list
         when the models' top classes might differ.
-    options : passed to every method's constructor (e.g. ``n_samples=`` for Smooth Grad-CAM++).
+    method_options : method name -> keyword arguments for its constructor, e.g.
+        ``{"smoothgradcam++": {"n_samples": 4}}``.
     """
     if len(models) < 2:
         raise ValueError("compare needs at least two models")
@@ -124,7 +125,7 @@ def compare(
         for name, spec in models.items():
             model, layer = spec[0], spec[1]
             inputs = spec[2] if len(spec) > 2 else _input_for(model, x)
-            kwargs = dict(options)
+            kwargs = dict((method_options or {}).get(method, {}))
             if cls.name not in ("guided-backprop", "deconvnet"):
                 kwargs["layer"] = layer
             per_model[name] = cls(model, **kwargs)(inputs, target)
@@ -146,7 +147,7 @@ def compare(
                     model=name,
                     reference=reference,
                     scores=float(score_diff.max()),
-                    scores_relative=float((score_diff / np.maximum(np.abs(ref_ex.scores), 1e-12)).max()),
+                    scores_relative=float(score_diff.max() / max(float(np.abs(ref_ex.scores).max()), 1e-30)),
                     weights=weights,
                     maps=float(np.abs(_comparable(ex) - _comparable(ref_ex)).max()),
                 )

@@ -55,10 +55,12 @@ class SmoothGradCAMPlusPlus(LayerMethod):
     def probe(self, x: Any, target: Target) -> NoisyProbe:
         clean = super().probe(x, target)
         copy_target = target if callable(target) else clean.targets
-        gradients, scores = self._noisy_gradients(self.backend.to_numpy(x), copy_target, clean.layers)
+        gradients, scores = self._noisy_gradients(self.backend.to_numpy(x), copy_target, clean.layers, clean.input_size)
         return NoisyProbe(**vars(clean), noisy_gradients=gradients, noisy_scores=scores)
 
-    def _noisy_gradients(self, images: np.ndarray, target: Any, layers: list[str]) -> tuple[dict, np.ndarray]:
+    def _noisy_gradients(
+        self, images: np.ndarray, target: Any, layers: list[str], input_size: tuple[int, int]
+    ) -> tuple[dict, np.ndarray]:
         n = images.shape[0]
         per_image = (-1,) + (1,) * (images.ndim - 1)
         axes = tuple(range(1, images.ndim))
@@ -69,7 +71,7 @@ class SmoothGradCAMPlusPlus(LayerMethod):
         scores = []
         for start in range(0, copy_of.size, self.batch_size):
             which = copy_of[start : start + self.batch_size]
-            noise = rng.standard_normal(size=(which.size, *images.shape[1:]), dtype=np.float32)
+            noise = _channels_first_noise(rng, which.size, images.shape, input_size)
             noisy = images[which] + noise * sigma[which].reshape(per_image)
             batch_target = target if callable(target) else target[which]
             probe = self.backend.probe(self.model, noisy, layers, batch_target, reshape=self.reshape)
@@ -83,3 +85,19 @@ class SmoothGradCAMPlusPlus(LayerMethod):
     def layer_map(self, name: str, probe: NoisyProbe) -> tuple[np.ndarray, np.ndarray]:
         A, Gs, ys = probe.activations[name], probe.noisy_gradients[name], probe.noisy_scores
         return ref.smooth_grad_cam_pp(A, Gs, ys), ref.smooth_grad_cam_pp_weights(A, Gs, ys)
+
+
+def _channels_first_noise(
+    rng: np.random.Generator, count: int, shape: tuple[int, ...], input_size: tuple[int, int]
+) -> np.ndarray:
+    """Standard normal noise drawn in the canonical (count, C, H, W) order and laid out like the input.
+
+    Drawing in one order whatever the framework's layout gives every framework the same noisy copies, so
+    Smooth Grad-CAM++ agrees across frameworks like every other method. The layout is read off the input's
+    shape against the model's spatial size (NHWC when the spatial size sits on axes 1 and 2).
+    """
+    channels_last = tuple(shape[2:]) != tuple(input_size) and tuple(shape[1:3]) == tuple(input_size)
+    if not channels_last:
+        return rng.standard_normal(size=(count, *shape[1:]), dtype=np.float32)
+    noise = rng.standard_normal(size=(count, shape[3], shape[1], shape[2]), dtype=np.float32)
+    return np.ascontiguousarray(noise.transpose(0, 2, 3, 1))
