@@ -15,9 +15,13 @@ Why this module looks the way it does:
   ``input_gradient(model, x, target, rule="plain", layers=()) -> InputGradient``
       ``d y / d x`` with ReLU backward rule ``plain | guided | deconvnet``. With ``layers``, the
       plain activations and gradients at those layers come from the same forward.
-  ``predict(model, x, layers=None, edit=None) -> np.ndarray``
-      The model's outputs (forward only). ``edit`` optionally rewrites one layer's output.
-  ``layer_names(model) -> list[str]`` and ``default_layer(model, x) -> str``
+  ``predict(model, x, batch_size=None) -> np.ndarray``
+      The model's outputs (forward only), ``batch_size`` rows at a time.
+  ``predict_ablated(model, x, layer, channels, batch_size=None) -> np.ndarray``
+      Outputs with channel ``channels[m]`` of ``layer`` set to zero in row ``m`` (-1: none), for Ablation-CAM.
+  ``dense_weight(model, layer) -> np.ndarray``
+      A dense layer's weight matrix as ``(outputs, inputs)``, for CAM.
+  ``layer_names(model) -> list[str]``, ``layer_shapes(model, x)`` and ``default_layer(model, x) -> str``
       The default layer is the last module, in execution order, whose output is spatial.
   ``to_numpy(x) -> np.ndarray``
       The input as float32 NumPy in the framework's own layout.

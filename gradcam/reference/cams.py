@@ -99,20 +99,26 @@ def grad_cam_pp_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     Returns ``(N, K)`` float32.
     """
     A, G = activations_and_gradients(A, G)
-    return _pp_weights(A.sum(axis=(2, 3), keepdims=True), G, G**2, G**3).astype(np.float32)
+    return _pp_weights(A.sum(axis=(2, 3), keepdims=True), G, *_squared_and_cubed(G)).astype(np.float32)
+
+
+def _squared_and_cubed(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``G^2`` and ``G^3`` by products: NumPy's general power is several times slower than a multiply."""
+    G2 = G * G
+    return G2, G2 * G
 
 
 def _pp_weights(S: np.ndarray, D1: np.ndarray, D2: np.ndarray, D3: np.ndarray) -> np.ndarray:
     """``w_k = sum_ij a_kij ReLU(D1_kij)``, ``a = D2 / (2 D2 + S_k D3)``, 0 where the denominator is 0."""
     denominator = 2.0 * D2 + S * D3
     a = np.divide(D2, denominator, out=np.zeros_like(D2), where=denominator != 0.0)
-    return (a * relu(D1)).sum(axis=(2, 3))
+    return np.einsum("nkij,nkij->nk", a, relu(D1))
 
 
 def grad_cam_pp(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """Grad-CAM++ (Chattopadhyay et al.): ``L = ReLU(sum_k w_k A_k)``, ``w = grad_cam_pp_weights(A, G)``."""
     A, G = activations_and_gradients(A, G)
-    return weighted_map(A, _pp_weights(A.sum(axis=(2, 3), keepdims=True), G, G**2, G**3))
+    return weighted_map(A, _pp_weights(A.sum(axis=(2, 3), keepdims=True), G, *_squared_and_cubed(G)))
 
 
 def smooth_grad_cam_pp_weights(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -145,9 +151,10 @@ def _smooth_pp_weights(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndar
     if ys.shape != Gs.shape[:2]:
         raise ValueError(f"ys must have shape (T, N) = {Gs.shape[:2]}, got {ys.shape}")
     e = np.exp(ys - ys.max(axis=0, keepdims=True))[:, :, None, None, None]
+    Gs2, Gs3 = _squared_and_cubed(Gs)
     D1 = (e * Gs).mean(axis=0)
-    D2 = (e * Gs**2).mean(axis=0)
-    D3 = (e * Gs**3).mean(axis=0)
+    D2 = (e * Gs2).mean(axis=0)
+    D3 = (e * Gs3).mean(axis=0)
     S = A.sum(axis=(2, 3), keepdims=True)
     return _pp_weights(S, D1, D2, D3)
 
