@@ -148,6 +148,35 @@ def predict(model: torch.nn.Module, x: Any, batch_size: int | None = None) -> np
     return np.concatenate(outputs, axis=0)
 
 
+def predict_ablated(model: torch.nn.Module, x: Any, layer: Any, channels: Any) -> np.ndarray:
+    """The model's outputs ``(N, ...)`` with channel ``channels[n]`` of ``layer``'s output set to zero for
+    image ``n`` (``-1``: nothing zeroed), forward only; the model is not changed.
+
+    A layer that runs more than once in one forward is refused: which of its calls to ablate would be a guess.
+    """
+    _require_module(model)
+    xt = _as_batch(model, x)
+    (name,), (module,) = _resolve_layers(model, [layer])
+    chosen = torch.as_tensor(np.asarray(channels, dtype=np.int64).reshape(-1), device=xt.device)
+    if chosen.shape[0] != xt.shape[0]:
+        raise ValueError(f"got {chosen.shape[0]} channels for a batch of {xt.shape[0]} images; give one per image")
+    rows = torch.nonzero(chosen >= 0).flatten()
+    calls = []
+
+    def zero_channels(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        calls.append(name)
+        if len(calls) > 1:
+            raise ValueError(f"layer {name!r} runs more than once in one forward; ablating it would be ambiguous")
+        ablated = output.clone()
+        ablated[rows, chosen[rows]] = 0
+        return ablated
+
+    with _left_as_found(model) as hooks, torch.no_grad():
+        hooks.append(module.register_forward_hook(zero_channels))
+        out = model(xt)
+    return _numpy(out)
+
+
 def probe(
     model: torch.nn.Module,
     x: Any,
@@ -286,6 +315,8 @@ class _ReluRule(TorchFunctionMode):
 
     The hook rewrites what the ReLU node hands back: guided keeps ``grad_in`` (the plain
     ``g * [input > 0]``) where it is > 0; deconvnet passes ``max(g, 0)`` whatever the input's sign.
+    (A hook that clamps the incoming gradient was measured cheaper than a custom autograd ReLU,
+    DESIGN.md section 7; a hook on the node serves both rules.)
     An in-place ReLU on a view is run out of place and copied back, because autograd folds an
     in-place op on a view into a node of the base tensor, where the ReLU node cannot be reached.
     """
@@ -315,9 +346,10 @@ class _ReluRule(TorchFunctionMode):
     def _rewrite(self, grad_in: tuple[torch.Tensor, ...], grad_out: tuple[torch.Tensor, ...]) -> Any:
         if not self.active:
             return None
-        if self.rule == "guided":
-            return (grad_in[0].clamp(min=0),)
-        return (grad_out[0].clamp(min=0),)
+        # grad_in[0] is the node's own fresh result, so it can take the rewritten gradient: no new
+        # tensor per ReLU (grad_out[0] may be shared with other branches and is only read)
+        source = grad_in[0] if self.rule == "guided" else grad_out[0]
+        return (torch.clamp(source, min=0, out=grad_in[0]),)
 
 
 def _is_in_place(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:

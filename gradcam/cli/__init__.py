@@ -69,12 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
         "methods the guided picture), one line per image in records.jsonl and a summary.json. With no IMAGES, the "
         "bundled samples with the embedded model. Running again into the same folder skips images already recorded.",
     )
-    explain.add_argument("images", nargs="*", type=Path, metavar="IMAGES", help="image files (default: the bundled samples)")
+    explain.add_argument(
+        "images", nargs="*", type=Path, metavar="IMAGES",
+        help="image files, folders (searched recursively) or quoted glob patterns such as 'data/**/*.jpg' (default: the bundled samples)",
+    )
     _add_model_arguments(explain)
     _add_method_arguments(explain, "gradcam")
     explain.add_argument("--output-dir", type=Path, default=Path("results"), help="where results go (default: results/)")
     explain.add_argument("--overwrite", action="store_true", help="start over instead of skipping images already recorded")
     explain.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: Pillow's decompression-bomb limit)")
+    explain.add_argument(
+        "--manifest", type=Path, default=None,
+        help="more inputs: a text file of image paths, one a line, or a .csv with a 'path' column and an optional 'target' "
+        "column that overrides --class-id per image (relative paths are relative to the manifest's folder)",
+    )
+    explain.add_argument(
+        "--save-maps", action=argparse.BooleanOptionalAction, default=True,
+        help="write a heat map and an overlay PNG per image and method (default); --no-save-maps writes records only",
+    )
+    explain.add_argument("--npz-shards", type=int, default=0, metavar="N", help="also store the heat maps as uint8 arrays in maps-NNNNN.npz files of N images each")
+    explain.add_argument("--engine", choices=("local", "ray"), default="local", help="local (this process, default) or ray (a Ray Data pipeline; needs gradcam[ray])")
+    explain.add_argument("--actors", type=int, default=1, help="--engine ray: explainer actors, each loading the model once (default 1)")
+    explain.add_argument("--num-gpus", type=float, default=0.0, help="--engine ray: GPUs per actor (default 0: CPU)")
+    explain.add_argument("--ray-address", default=None, help="--engine ray: join this Ray cluster (default: start a local Ray instance)")
 
     compare = commands.add_parser(
         "compare", help="one figure: methods as columns, images (and models) as rows",
@@ -95,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the model's layers in execution order with output shapes; * marks the default layer.",
     )
     _add_model_arguments(layers)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score every method with the papers' metrics on held-out synthetic images",
+        description="Run every method on the embedded default model over held-out synthetic splits (one object, "
+        "several instances, biased) and score it: localization, pointing game, energy, faithfulness, average drop, "
+        "increase in confidence, deletion and insertion; the biased model's attention to its spurious mark. Writes "
+        "evaluation.md (the table), evaluation.json and evaluation.png.",
+    )
+    evaluate.add_argument("--images", type=int, default=40, help="images per split (default 40: a few minutes on 2 cores)")
+    evaluate.add_argument("--backend", default="torch", help="framework of the default model: torch (default), tensorflow or jax")
+    evaluate.add_argument("--method", nargs="+", default=None, metavar="METHOD", help=f"methods to evaluate (default: all of {', '.join(METHODS)})")
+    evaluate.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out splits (default 0)")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    evaluate.add_argument("--output-dir", type=Path, default=Path("results"), help="where the report goes (default: results/)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -116,12 +149,15 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from gradcam.cli.explain import run_explain
+    from gradcam.cli.explain import EngineOptions, ModelSpec, run_explain
 
     loaded = load_model(args.model, args.weights, args.backend, args.device)
     return run_explain(
-        loaded, _images(args.images), args.output_dir, args.method, args.layer, args.class_id,
-        args.image_size, args.batch_size, _options(args), overwrite=args.overwrite,
+        loaded, _images(args.images) if args.manifest is None else args.images, args.output_dir, args.method, args.layer,
+        args.class_id, args.image_size, args.batch_size, _options(args), overwrite=args.overwrite,
+        manifest=args.manifest, save_maps=args.save_maps, npz_shards=args.npz_shards,
+        model_spec=ModelSpec.from_arguments(args.model, args.weights, args.backend, args.device),
+        engine=EngineOptions(args.engine, args.actors, args.num_gpus, args.ray_address),
     )
 
 
@@ -151,10 +187,24 @@ def _run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from gradcam.cli.evaluate import run_evaluate
+    from gradcam.evaluation import EvaluationConfig
+
+    try:
+        config = EvaluationConfig(
+            images=args.images, backend=args.backend, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+            **({"methods": tuple(args.method)} if args.method else {}),
+        )
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    return run_evaluate(config, args.output_dir, quiet=args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 some images failed, 2 a usage error)."""
     args = build_parser().parse_args(argv)
-    run = {"explain": _run_explain, "compare": _run_compare, "layers": _run_layers}[args.command]
+    run = {"explain": _run_explain, "compare": _run_compare, "layers": _run_layers, "evaluate": _run_evaluate}[args.command]
     try:
         return run(args)
     except CommandError as error:

@@ -3,6 +3,7 @@ from gradcam.methods.base import ChannelWeightMethod, LayerMethod, Method
 from gradcam.methods.cam import CAM
 from gradcam.methods.gradient import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from gradcam.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM
+from gradcam.methods.perturbation import AblationCAM, Occlusion, ScoreCAM
 from gradcam.methods.smooth import SmoothGradCAMPlusPlus
 
 METHODS: dict[str, type[Method]] = {
@@ -19,10 +20,14 @@ METHODS: dict[str, type[Method]] = {
         GuidedBackprop,
         Deconvnet,
         GuidedGradCAM,
+        ScoreCAM,
+        AblationCAM,
+        Occlusion,
     )
 }
 
 __all__ = [
+    "AblationCAM",
     "CAM",
     "ChannelWeightMethod",
     "Deconvnet",
@@ -36,6 +41,8 @@ __all__ = [
     "LayerMethod",
     "METHODS",
     "Method",
+    "Occlusion",
+    "ScoreCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
 ]

@@ -1,0 +1,129 @@
+"""Reading images ahead of the model: batches decoded in a background thread, through a small bounded queue.
+
+While the model explains batch ``k``, a thread lists, reads, decodes and resizes batch ``k + 1`` (Pillow
+releases the GIL while it decodes and resizes), so decoding costs no time as long as it is faster than the
+model. The queue holds at most ``depth`` decoded batches, so memory stays the same whatever the number of
+images: the reader never runs more than ``depth + 1`` batches ahead of the model (``depth`` waiting, one
+being decoded).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from gradcam.cli.sources import InputItem
+from gradcam.images import ImageReadError, read_image, resize
+
+Batch = TypeVar("Batch")
+Decoded = TypeVar("Decoded")
+
+
+@dataclass
+class DecodedBatch:
+    """A batch of images ready for the model.
+
+    Attributes
+    ----------
+    items : the inputs, in order.
+    pixels : ``(n, H, W, 3)`` uint8, each image resized to the model's input size; zeros where it failed.
+    errors : per item, why it could not be read, or None.
+    originals : per item, the image at its own size (for overlays drawn at that size), or None when the
+        run draws no overlay; an empty ``(0, 0, 3)`` array where it failed.
+    """
+
+    items: list[InputItem]
+    pixels: np.ndarray
+    errors: list[str | None]
+    originals: list[np.ndarray] | None = None
+
+
+def decode_batch(
+    items: list[InputItem], size: tuple[int, int], max_pixels: int | None = None, keep_originals: bool = False
+) -> DecodedBatch:
+    """Read and resize ``items`` (bilinear, ``gradcam.images.resize``); unreadable files become errors."""
+    pixels = np.zeros((len(items), *size, 3), np.uint8)
+    errors: list[str | None] = []
+    originals: list[np.ndarray] = []
+    for i, item in enumerate(items):
+        original = np.zeros((0, 0, 3), np.uint8)
+        error = item.error
+        if error is None:
+            try:
+                original = read_image(item.path, max_pixels)
+                pixels[i] = resize(original, size)
+            except ImageReadError as failure:
+                error = str(failure)
+        errors.append(error)
+        originals.append(original)
+    return DecodedBatch(list(items), pixels, errors, originals if keep_originals else None)
+
+
+class _Failure:
+    """An exception raised in the reader thread, carried to the consumer, which raises it again."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+class PrefetchReader(Generic[Batch, Decoded]):
+    """Iterates ``decode(batch)`` for each of ``batches``, computed in a background thread ahead of the caller.
+
+    ``batches`` is consumed in the thread too (listing folders overlaps the model as well). An exception in
+    listing or decoding is raised to the caller at the point in the stream where it happened. Use as a
+    context manager (or call ``close``) so that stopping early also stops the thread.
+    """
+
+    def __init__(self, batches: Iterable[Batch], decode: Callable[[Batch], Decoded], depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(batches, decode), name="gradcam-reader", daemon=True)
+        self._thread.start()
+
+    def _produce(self, batches: Iterable[Batch], decode: Callable[[Batch], Decoded]) -> None:
+        try:
+            for batch in batches:
+                if self._stop.is_set() or not self._put(decode(batch)):
+                    return
+        except BaseException as error:  # noqa: BLE001 - every failure must reach the consumer, not die here
+            self._put(_Failure(error))
+            return
+        self._put(_END)
+
+    def _put(self, value: object) -> bool:
+        # A timeout, not a plain blocking put: a consumer that stopped early must not leave this thread stuck.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(value, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Decoded]:
+        while True:
+            value = self._queue.get()
+            if value is _END:
+                return
+            if isinstance(value, _Failure):
+                raise value.error
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> PrefetchReader[Batch, Decoded]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,300 @@
+"""The evaluation behind ``gradcam evaluate``: every method on the default model, scored by the papers' metrics
+over held-out synthetic images (``gradcam.datasets``), and the biased model's doctor/nurse experiment.
+
+Three held-out (test) splits:
+
+``single``
+    One object per image. The ground-truth class is explained. Localization, pointing game, energy in the box
+    (Grad-CAM, Score-CAM), rank correlation with the occlusion map (Grad-CAM's faithfulness), average drop and
+    increase in confidence (Grad-CAM++), deletion and insertion (RISE).
+``multi``
+    2-4 instances of one class: pointing game, energy in the instances' boxes (Grad-CAM++'s ``Loc``), the share
+    of instances the map lights up, localization against the best-matching instance.
+``biased``
+    The model trained with a corner mark that always came with "circle", and the default model, on test images
+    where the mark appears on a random half. On the marked images, the share of each map's energy on the mark:
+    a model that learnt the shortcut looks at it (Grad-CAM paper, section 6.3, the doctor/nurse experiment).
+
+Every value is a per-image number; the summary is its mean with a 95% interval (Student's t) over images.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from gradcam import metrics
+from gradcam.api import method_class
+from gradcam.backends import get_backend
+from gradcam.datasets import BIASED_CLASS, make_split
+from gradcam.datasets.shapes import ShapesSplit
+from gradcam.explanation import Explanation
+from gradcam.methods import METHODS
+from gradcam.models import BACKENDS, FEATURE_LAYER, default_model
+
+# The default model normalizes with mean 0.5: a grey of 0.5 is "no signal" to it, so removed or occluded
+# pixels take that value.
+BASELINE = 0.5
+OCCLUSION_WINDOW, OCCLUSION_STRIDE = 8, 4
+PIXEL_SPACE_METHODS = ("guided-backprop", "deconvnet")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of the report: its key, heading, whether higher is better, and what it measures."""
+
+    key: str
+    heading: str
+    higher_is_better: bool
+    meaning: str
+
+
+METRICS: dict[str, tuple[Metric, ...]] = {
+    "single": (
+        Metric("localization", "loc. acc.", True, "IoU >= 0.5 of the 15%-threshold box (Grad-CAM 4.1)"),
+        Metric("iou", "loc. IoU", True, "IoU of that box with the object's box"),
+        Metric("pointing", "pointing", True, "the map's maximum lies in the box (Grad-CAM 4.3)"),
+        Metric("energy", "energy", True, "share of the map's sum inside the box (Score-CAM)"),
+        Metric("faithfulness", "rank corr.", True, "Spearman correlation with the occlusion map (Grad-CAM 5.3)"),
+        Metric("average_drop", "avg. drop", False, "max(0, Y - O) / Y on image * map (Grad-CAM++)"),
+        Metric("increase", "incr. conf.", True, "O > Y on image * map (Grad-CAM++)"),
+        Metric("deletion", "deletion", False, "area under the probability as top pixels are removed (RISE)"),
+        Metric("insertion", "insertion", True, "area under the probability as top pixels are put in (RISE)"),
+    ),
+    "multi": (
+        Metric("pointing", "pointing", True, "the maximum lies in one of the instances' boxes"),
+        Metric("energy", "energy", True, "share of the map's sum inside the instances' boxes (Grad-CAM++ Loc)"),
+        Metric("coverage", "instances lit", True, "share of instances where the map reaches half its maximum"),
+        Metric("iou", "loc. IoU", True, "IoU of the 15%-threshold box with the best-matching instance"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What to evaluate: ``images`` per split, the framework of the default model, the methods, the RISE steps."""
+
+    images: int = 40
+    backend: str = "torch"
+    methods: tuple[str, ...] = tuple(METHODS)
+    steps: int = 16
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.images < 2:
+            raise ValueError(f"evaluate needs at least 2 images per split for an interval, got {self.images}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be at least 1, got {self.steps} and {self.batch_size}")
+        object.__setattr__(self, "methods", tuple(method_class(name).name for name in self.methods))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The mean of per-image values with the half-width of its 95% interval, over ``n`` images."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Summary:
+        values = np.asarray(list(values), dtype=np.float64)
+        n = values.size
+        if n == 0:
+            return cls(float("nan"), float("nan"), 0)
+        spread = values.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+        half = float(stats.t.ppf(0.975, n - 1) * spread) if n > 1 else float("nan")
+        return cls(float(values.mean()), half, n)
+
+
+@dataclass
+class BiasReport:
+    """The doctor/nurse experiment: per model kind, the mark's share of each method's map energy on marked
+    images, and how the model behaves on marked and unmarked images."""
+
+    mark_box: tuple[int, int, int, int]
+    mark_share: float  # the mark's area over the image's
+    # "biased", "default", and "shortcut": the biased model on the marked images of other classes that it
+    # calls "circle" -> method -> summary
+    energy_on_mark: dict[str, dict[str, Summary]] = field(default_factory=dict)
+    accuracy_unmarked: dict[str, float] = field(default_factory=dict)
+    circle_share_marked_others: dict[str, float] = field(default_factory=dict)
+    marked_images: int = 0
+
+
+@dataclass
+class EvaluationResult:
+    """Everything ``gradcam evaluate`` reports."""
+
+    config: EvaluationConfig
+    scores: dict[str, dict[str, dict[str, Summary]]]  # split -> method -> metric -> summary
+    seconds_per_image: dict[str, float]  # method -> seconds per image (one-object split)
+    accuracy: dict[str, float]  # split -> the default model's accuracy
+    bias: BiasReport
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(
+    config: EvaluationConfig = EvaluationConfig(), progress: Callable[[str], None] | None = None
+) -> EvaluationResult:
+    """Run every configured method on the three held-out splits and score it; ``progress`` hears each step."""
+    start = time.perf_counter()
+    report = progress or (lambda message: None)
+    model = default_model(config.backend)
+    scores: dict[str, dict[str, dict[str, Summary]]] = {}
+    accuracy: dict[str, float] = {}
+    seconds_per_image: dict[str, float] = {}
+    for kind in ("single", "multi"):
+        split = make_split(kind, config.images, seed=config.seed, train=False)
+        x = _layout(split, config.backend)
+        accuracy[kind] = _accuracy(model, x, split.labels, config)
+        if kind == "single":
+            # occlusion always runs here: it is the faithfulness reference
+            names = dict.fromkeys([*config.methods, "occlusion"])
+            maps, raw, seconds_per_image = _explain_all(model, x, split.labels, names, config, report, kind)
+            scores[kind] = _score_single(model, x, split, maps, raw["occlusion"], config, report)
+        else:
+            maps, _, _ = _explain_all(model, x, split.labels, config.methods, config, report, kind)
+            scores[kind] = {name: _score_multi(split, maps[name]) for name in config.methods}
+    bias = _bias_experiment(model, config, report)
+    return EvaluationResult(config, scores, seconds_per_image, accuracy, bias, time.perf_counter() - start)
+
+
+def heatmaps(ex: Explanation) -> np.ndarray:
+    """The ``(N, H, W)`` map in [0, 1] that the metrics score (pixel-space methods: the largest |gradient|)."""
+    return ex.heatmaps().astype(np.float64)
+
+
+def build_method(name: str, model: Any, batch_size: int) -> Any:
+    """The method ``name`` set up for the default model (its layer, its dense layer for CAM, the grey baseline)."""
+    cls = method_class(name)
+    options: dict[str, Any] = {}
+    if name not in PIXEL_SPACE_METHODS and name != "occlusion":
+        options["layer"] = FEATURE_LAYER
+    if name == "cam":
+        options["fc_layer"] = "fc"
+    if name in ("scorecam", "ablationcam"):
+        options["batch_size"] = batch_size
+    if name == "occlusion":
+        options.update(window=OCCLUSION_WINDOW, stride=OCCLUSION_STRIDE, baseline=BASELINE, batch_size=batch_size)
+    return cls(model, **options)
+
+
+def _layout(split: ShapesSplit, backend: str) -> np.ndarray:
+    return split.to_float(channels_first=backend in ("torch", "pytorch"))
+
+
+def _accuracy(model: Any, x: np.ndarray, labels: np.ndarray, config: EvaluationConfig) -> float:
+    return _share(_predict(model, x, config).argmax(axis=1) == labels)
+
+
+def _predict(model: Any, x: np.ndarray, config: EvaluationConfig) -> np.ndarray:
+    return get_backend(model).predict(model, x, batch_size=config.batch_size)
+
+
+def _explain_all(
+    model: Any,
+    x: np.ndarray,
+    targets: np.ndarray | None,
+    names: Iterable[str],
+    config: EvaluationConfig,
+    report: Callable[[str], None],
+    label: str,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
+    """Each method's heat maps and raw maps of ``x`` (explained ``batch_size`` images at a time), and its
+    seconds per image."""
+    maps, raw, seconds = {}, {}, {}
+    for name in names:
+        report(f"{label}: {name}")
+        method = build_method(name, model, config.batch_size)
+        start = time.perf_counter()
+        parts = [
+            method(x[i : i + config.batch_size], target=None if targets is None else targets[i : i + config.batch_size])
+            for i in range(0, len(x), config.batch_size)
+        ]
+        seconds[name] = (time.perf_counter() - start) / len(x)
+        maps[name] = np.concatenate([heatmaps(ex) for ex in parts])
+        if parts[0].raw is not None:
+            raw[name] = np.concatenate([ex.raw for ex in parts])
+    return maps, raw, seconds
+
+
+def _score_single(
+    model: Any,
+    x: np.ndarray,
+    split: ShapesSplit,
+    maps_by_method: dict[str, np.ndarray],
+    occlusion: np.ndarray,
+    config: EvaluationConfig,
+    report: Callable[[str], None],
+) -> dict[str, dict[str, Summary]]:
+    common = dict(target=split.labels, batch_size=config.batch_size)
+    curve = dict(common, steps=config.steps, baseline=BASELINE)
+    scored = {}
+    for name in config.methods:
+        report(f"single: scoring {name}")
+        maps = maps_by_method[name]
+        iou = metrics.localization_iou(maps, split.boxes)
+        values = {
+            "localization": iou >= metrics.localization.CORRECT_IOU,
+            "iou": iou,
+            "pointing": metrics.pointing_game(maps, split.boxes),
+            "energy": metrics.energy_pointing_game(maps, split.boxes),
+            "faithfulness": metrics.rank_correlation(maps, occlusion),
+            "average_drop": metrics.average_drop(model, x, maps, **common),
+            "increase": metrics.increase_in_confidence(model, x, maps, **common),
+            "deletion": metrics.deletion_auc(model, x, maps, **curve),
+            "insertion": metrics.insertion_auc(model, x, maps, **curve),
+        }
+        scored[name] = {key: Summary.of(v) for key, v in values.items()}
+    return scored
+
+
+def _score_multi(split: ShapesSplit, maps: np.ndarray) -> dict[str, Summary]:
+    values = {
+        "pointing": metrics.pointing_game(maps, split.boxes),
+        "energy": metrics.energy_pointing_game(maps, split.boxes),
+        "coverage": metrics.instance_coverage(maps, split.boxes),
+        "iou": metrics.localization_iou(maps, split.boxes),
+    }
+    return {key: Summary.of(v) for key, v in values.items()}
+
+
+def _bias_experiment(default: Any, config: EvaluationConfig, report: Callable[[str], None]) -> BiasReport:
+    split = make_split("biased", config.images, seed=config.seed, train=False)
+    x = _layout(split, config.backend)
+    marked = split.has_mark
+    x0, y0, x1, y1 = split.mark_box
+    mark_share = (x1 - x0) * (y1 - y0) / split.masks[0].size
+    result = BiasReport(mark_box=split.mark_box, mark_share=mark_share, marked_images=int(marked.sum()))
+    others = marked & (split.labels != BIASED_CLASS)
+    for kind, model in (("biased", default_model(config.backend, kind="biased")), ("default", default)):
+        predicted = _predict(model, x, config).argmax(axis=1)
+        result.accuracy_unmarked[kind] = _share(predicted[~marked] == split.labels[~marked])
+        result.circle_share_marked_others[kind] = _share(predicted[others] == BIASED_CLASS)
+        energy = {name: np.zeros(0) for name in config.methods}
+        if marked.any():
+            # the model's own decision is explained (top-1), as in the paper's experiment
+            maps, _, _ = _explain_all(model, x[marked], None, config.methods, config, report, f"biased, {kind} model")
+            boxes = [split.mark_box] * result.marked_images
+            energy = {name: metrics.energy_pointing_game(m, boxes) for name, m in maps.items()}
+        result.energy_on_mark[kind] = {name: Summary.of(values) for name, values in energy.items()}
+        if kind == "biased":
+            shortcut = (predicted == BIASED_CLASS)[marked] & (split.labels != BIASED_CLASS)[marked]
+            result.energy_on_mark["shortcut"] = {name: Summary.of(v[shortcut]) for name, v in energy.items()}
+    return result
+
+
+def _share(hits: np.ndarray) -> float:
+    """The share of True values; NaN when there are none to count."""
+    return float(np.mean(hits)) if hits.size else float("nan")

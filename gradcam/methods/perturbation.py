@@ -1,0 +1,347 @@
+"""Methods that need only forward passes: Score-CAM, Ablation-CAM and occlusion sensitivity.
+
+Every masked, ablated or occluded copy of an image is one row of a batch. Rows of all images and all
+channels (or windows) share batches of ``batch_size`` rows, written into one buffer that is reused from
+batch to batch, so the working memory is one batch of inputs, whatever the number of channels and images.
+Copies are made in the model's own input layout (channels on axis 1 for PyTorch, last for Keras and Flax).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from gradcam import reference as ref
+from gradcam.backends import Probe
+from gradcam.backends.common import Target, class_targets
+from gradcam.explanation import Explanation
+from gradcam.methods.base import LayerMethod, Method
+
+SCORES = ("probability", "raw")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """``exp(z_c) / sum_j exp(z_j)`` over the last axis, in float64 (shifted by the max: no overflow)."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def target_scores(logits: np.ndarray, targets: np.ndarray, score: str = "probability") -> np.ndarray:
+    """Row ``m``'s score of class ``targets[m]``: its softmax probability or its raw output, float64 ``(M,)``."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    values = softmax(logits) if score == "probability" else np.asarray(logits, dtype=np.float64)
+    return values[np.arange(len(targets)), targets]
+
+
+def refuse_target_function(target: Target, method: str) -> None:
+    """Gradient-free methods read class scores from NumPy outputs, where a framework-op target cannot run."""
+    if callable(target):
+        raise ValueError(
+            f"{method} scores classes of the model's (N, classes) output; a target function is not supported: "
+            "give a class index, one per image, or None for the top-1 class"
+        )
+
+
+def input_channel_axis(backend: ModuleType, model: Any) -> int:
+    """The channel axis of the model's input: 1 for PyTorch, -1 for Keras (unless configured channels-first),
+    the model's ``channel_axis`` for JAX (-1, NHWC, unless it says otherwise)."""
+    kind = backend.__name__.rsplit(".", 1)[-1]
+    if kind == "torch":
+        return 1
+    if kind == "jax":
+        return int(getattr(model, "channel_axis", -1))
+    import keras
+
+    return -1 if keras.config.image_data_format() == "channels_last" else 1
+
+
+def channels_last_view(batch: np.ndarray, channel_axis: int) -> np.ndarray:
+    """``(N, H, W, C)`` view of a 4-D batch whose channels lie on ``channel_axis``: writes go to ``batch``."""
+    if batch.ndim != 4:
+        raise ValueError(f"expected a batch of images with 4 dimensions, got shape {tuple(batch.shape)}")
+    return np.moveaxis(batch, channel_axis, -1)
+
+
+def positive_int(value: int, what: str) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``what`` unless it is a whole number >= 1."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
+    """``(height, width)`` from one int or a pair of positive ints."""
+    pair = (value, value) if np.ndim(value) == 0 else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{what} must be an int or (height, width), got {value!r}")
+    return positive_int(pair[0], what), positive_int(pair[1], what)
+
+
+def run_in_batches(
+    rows: int,
+    batch_size: int,
+    row_shape: tuple[int, ...],
+    fill: Callable[[np.ndarray, np.ndarray], None],
+    forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``forward`` over ``rows`` rows, ``batch_size`` at a time, each batch written by ``fill`` into one buffer.
+
+    ``fill(batch, indices)`` writes rows ``indices`` into ``batch``; ``forward(batch, indices)`` returns one
+    value per row. Returns the values of all rows, concatenated.
+    """
+    buffer = np.empty((min(batch_size, rows), *row_shape), dtype=np.float32)
+    values = []
+    for start in range(0, rows, batch_size):
+        indices = np.arange(start, min(start + batch_size, rows))
+        batch = buffer[: indices.size]
+        fill(batch, indices)
+        values.append(forward(batch, indices))
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+@dataclass
+class ImageProbe(Probe):
+    """A probe together with the images it was taken on, in the model's layout, as float32 NumPy."""
+
+    images: np.ndarray | None = None
+
+
+class _PerturbedLayerMethod(LayerMethod):
+    """A layer method whose channel weights come from forward passes of changed copies of the images."""
+
+    def __init__(self, model: Any, layer: Any = None, *, batch_size: int = 16, **options: Any) -> None:
+        super().__init__(model, layer, **options)
+        self.batch_size = positive_int(batch_size, "batch_size")
+
+    def probe(self, x: Any, target: Target) -> ImageProbe:
+        refuse_target_function(target, type(self).__name__)
+        probe = super().probe(x, target)
+        if probe.logits is None:
+            raise ValueError(f"{type(self).__name__} needs a model whose output is class scores (N, classes)")
+        return ImageProbe(**vars(probe), images=self.backend.to_numpy(x))
+
+
+class ScoreCAM(_PerturbedLayerMethod):
+    """Score-CAM (Wang et al., CVPR 2020 workshops): each channel's upsampled activation masks the image,
+    and the model's confidence in the target on that masked image is the channel's weight:
+
+    ``M_k = normalize(upsample(A_k))``, ``w_k = softmax(f(x * M_k))_c``, ``L = ReLU(sum_k w_k A_k)``,
+
+    the softmax taken over the classes, as in the authors' code. As there, a flat channel (max = min), whose
+    mask is undefined, gets weight 0 and costs no forward pass. Other libraries differ: pytorch-grad-cam takes
+    the raw score ``f(x * M_k)_c`` and a softmax over the *channels* (and upsamples with aligned corners);
+    torchcam subtracts the unmasked image's raw score, ``f(x * M_k)_c - f(x)_c``, then takes a softmax over the
+    channels (and normalizes ``A_k`` before upsampling). A softmax over channels makes the weights sum to 1 per
+    image, which changes the map, since ``L`` is a ReLU of a weighted sum.
+
+    Cost: one forward per channel and image (K forwards per image, 64 for the default model's layer), in
+    batches of ``batch_size`` masked images mixing channels and images.
+
+    Parameters
+    ----------
+    batch_size : masked images per forward pass.
+    max_channels : ``k`` keeps, per image, only the ``k`` channels of largest spatial variance of ``A_k`` (the
+        "Faster Score-CAM" of the Score-CAM authors' repository); the others get weight 0. The explanation is
+        then named ``"faster-scorecam"``.
+    """
+
+    name = "scorecam"
+
+    def __init__(
+        self, model: Any, layer: Any = None, *, batch_size: int = 16, max_channels: int | None = None, **options: Any
+    ) -> None:
+        super().__init__(model, layer, batch_size=batch_size, **options)
+        self.max_channels = None if max_channels is None else positive_int(max_channels, "max_channels")
+        if self.max_channels is not None:
+            self.name = "faster-scorecam"
+
+    def scored_channels(self, A: np.ndarray) -> np.ndarray:
+        """``(N, K)`` bool: the channels that get a forward pass (not flat; the top ``max_channels`` by variance)."""
+        selected = A.max(axis=(2, 3)) > A.min(axis=(2, 3))
+        if self.max_channels is not None and self.max_channels < A.shape[1]:
+            order = np.argsort(-A.astype(np.float64).var(axis=(2, 3)), axis=1, kind="stable")
+            top = np.zeros_like(selected)
+            np.put_along_axis(top, order[:, : self.max_channels], True, axis=1)
+            selected &= top
+        return selected
+
+    def layer_map(self, name: str, probe: ImageProbe) -> tuple[np.ndarray, np.ndarray]:
+        A = probe.activations[name]
+        pairs = np.argwhere(self.scored_channels(A))  # (M, 2) rows (image n, channel k), image by image
+        axis = input_channel_axis(self.backend, self.model)
+        images = channels_last_view(probe.images, axis)
+
+        def fill(batch: np.ndarray, rows: np.ndarray) -> None:
+            n, k = pairs[rows].T
+            masks = ref.normalize(ref.upsample(A[n, k], probe.input_size))
+            np.multiply(images[n], masks[..., None], out=channels_last_view(batch, axis))
+
+        def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            logits = self.backend.predict(self.model, batch)
+            return target_scores(logits, probe.targets[pairs[rows, 0]], "probability")
+
+        scores = run_in_batches(len(pairs), self.batch_size, probe.images.shape[1:], fill, forward)
+        weights = np.zeros(A.shape[:2], dtype=np.float32)
+        weights[pairs[:, 0], pairs[:, 1]] = scores
+        return ref.weighted_map(A, weights), weights
+
+
+class AblationCAM(_PerturbedLayerMethod):
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): a channel's weight is the share of the target score lost
+    when that channel is set to zero at the layer:
+
+    ``w_k = (y_c - y_c^(k)) / |y_c|``, ``L = ReLU(sum_k w_k A_k)``, with ``y_c`` the raw target score and
+    ``y_c^(k)`` the score with channel ``k`` zeroed.
+
+    The paper divides by ``y_c``; dividing by ``|y_c|`` is the same for a positive score and keeps the
+    meaning "a positive weight: removing the channel lowers the score" for a negative one, where dividing by
+    ``y_c`` would flip every weight and turn the map inside out. Where ``y_c = 0`` the weights are the drops
+    ``y_c - y_c^(k)`` themselves, never a division by zero. (Dividing by a positive number per image does not
+    change the normalized map, so in every case the map is that of the drops.) A channel that is zero
+    everywhere cannot change the output when zeroed: its weight is 0 and it costs no forward pass.
+
+    Cost: one forward per non-zero channel and image, plus one unablated forward per image, in batches of
+    ``batch_size`` rows mixing channels and images. The backend zeroes the channel inside the forward
+    (``predict_ablated``); the model is not changed.
+    """
+
+    name = "ablationcam"
+
+    def __init__(self, model: Any, layer: Any = None, *, batch_size: int = 16, **options: Any) -> None:
+        if options.get("reshape") is not None:
+            raise ValueError("AblationCAM zeroes channels of the layer's own output; reshape= is not supported")
+        super().__init__(model, layer, batch_size=batch_size, **options)
+
+    def layer_map(self, name: str, probe: ImageProbe) -> tuple[np.ndarray, np.ndarray]:
+        A = probe.activations[name]
+        n_images = A.shape[0]
+        live = np.abs(A).max(axis=(2, 3)) > 0
+        # one unablated row (channel -1) per image, then one row per live channel
+        unablated = np.stack([np.arange(n_images), np.full(n_images, -1)], axis=1)
+        pairs = np.concatenate([unablated, np.argwhere(live)])
+
+        def fill(batch: np.ndarray, rows: np.ndarray) -> None:
+            np.take(probe.images, pairs[rows, 0], axis=0, out=batch)
+
+        def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            logits = self.backend.predict_ablated(self.model, batch, name, pairs[rows, 1])
+            return target_scores(logits, probe.targets[pairs[rows, 0]], "raw")
+
+        scores = run_in_batches(len(pairs), self.batch_size, probe.images.shape[1:], fill, forward)
+        y = scores[:n_images]
+        n, k = pairs[n_images:].T
+        drops = np.zeros(A.shape[:2])
+        drops[n, k] = y[n] - scores[n_images:]
+        weights = ablation_weights(y, drops)
+        return ref.weighted_map(A, weights), weights
+
+
+def ablation_weights(y: np.ndarray, drops: np.ndarray) -> np.ndarray:
+    """``w_k = drop_k / |y_c|`` per image, and ``w_k = drop_k`` where ``y_c = 0`` (see ``AblationCAM``).
+
+    Parameters
+    ----------
+    y : (N,) the unablated target scores.
+    drops : (N, K) ``y_c - y_c^(k)``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    scale = np.where(y != 0, np.abs(y), 1.0)
+    return (np.asarray(drops, dtype=np.float64) / scale[:, None]).astype(np.float32)
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets of a window sliding by ``stride`` along ``size`` pixels; the last window ends at the edge,
+    so that every pixel is covered."""
+    if window > size:
+        raise ValueError(f"the occlusion window ({window} pixels) is larger than the image ({size} pixels)")
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+class Occlusion(Method):
+    """Occlusion sensitivity (Zeiler & Fergus, ECCV 2014; the Grad-CAM paper's faithfulness reference):
+    a ``window`` square of ``baseline`` slides over the image by ``stride``; each pixel's value is the drop of
+    the target's score, ``s(x) - s(x with the window occluded)``, averaged over the windows that cover it.
+
+    ``raw`` holds those signed average drops ``(N, H, W)``; ``maps`` are ``normalize(ReLU(raw))``: only the
+    regions whose occlusion lowers the score, like the CAM methods. The windows of all images go through the
+    model ``batch_size`` at a time (one forward per window position and image). No layer is used.
+
+    Parameters
+    ----------
+    window, stride : the window's side and step in pixels (an int, or ``(height, width)``). The last window
+        of each row and column ends at the image's edge, so every pixel is covered.
+    baseline : the value occluded pixels take, in every channel (0.0: black for images in [0, 1], the mean for
+        normalized input).
+    score : ``"probability"`` (softmax over the classes, default) or ``"raw"`` (the target's output).
+    batch_size : occluded images per forward pass.
+    """
+
+    name = "occlusion"
+
+    def __init__(
+        self,
+        model: Any,
+        layer: Any = None,
+        *,
+        window: int | tuple[int, int] = 8,
+        stride: int | tuple[int, int] = 4,
+        baseline: float = 0.0,
+        score: str = "probability",
+        batch_size: int = 64,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, layer, **options)
+        self.window, self.stride = positive_pair(window, "window"), positive_pair(stride, "stride")
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        self.baseline, self.score = float(baseline), score
+        self.batch_size = positive_int(batch_size, "batch_size")
+
+    def __call__(self, x: Any, target: Target = None) -> Explanation:
+        refuse_target_function(target, "Occlusion")
+        images = self.backend.to_numpy(x)
+        axis = input_channel_axis(self.backend, self.model)
+        pixels = channels_last_view(images, axis)
+        n_images, H, W = pixels.shape[:3]
+        logits = self.backend.predict(self.model, images, batch_size=self.batch_size)
+        targets = class_targets(target, logits)
+        clean = target_scores(logits, targets, self.score)
+        (wh, ww), (sh, sw) = self.window, self.stride
+        corners = [(y0, x0) for y0 in window_starts(H, wh, sh) for x0 in window_starts(W, ww, sw)]
+        pairs = np.stack(np.meshgrid(np.arange(n_images), np.arange(len(corners)), indexing="ij"), -1).reshape(-1, 2)
+
+        def fill(batch: np.ndarray, rows: np.ndarray) -> None:
+            np.take(images, pairs[rows, 0], axis=0, out=batch)
+            view = channels_last_view(batch, axis)
+            for i, p in enumerate(pairs[rows, 1]):
+                y0, x0 = corners[p]
+                view[i, y0 : y0 + wh, x0 : x0 + ww] = self.baseline
+
+        def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return target_scores(self.backend.predict(self.model, batch), targets[pairs[rows, 0]], self.score)
+
+        occluded = run_in_batches(len(pairs), self.batch_size, images.shape[1:], fill, forward)
+        drops = clean[:, None] - occluded.reshape(n_images, len(corners))
+        total = np.zeros((n_images, H, W))
+        covered = np.zeros((H, W))
+        for p, (y0, x0) in enumerate(corners):
+            total[:, y0 : y0 + wh, x0 : x0 + ww] += drops[:, p, None, None]
+            covered[y0 : y0 + wh, x0 : x0 + ww] += 1
+        raw = (total / covered).astype(np.float32)
+        return Explanation(
+            maps=ref.normalize(ref.relu(raw)),
+            targets=targets,
+            scores=target_scores(logits, targets, "raw").astype(np.float32),
+            method=self.name,
+            layers=["input"],
+            raw_by_layer={"input": raw},
+            logits=logits,
+        )

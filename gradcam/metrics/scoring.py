@@ -1,0 +1,85 @@
+"""The model side of the metrics: a batch of images in the model's layout, its targets, and the target's
+score on changed copies, computed through the model's backend in batches."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradcam.backends import get_backend
+from gradcam.backends.common import Target, class_targets
+from gradcam.methods.perturbation import (
+    SCORES,
+    channels_last_view,
+    input_channel_axis,
+    positive_int,
+    refuse_target_function,
+    run_in_batches,
+    target_scores,
+)
+from gradcam.metrics.checks import as_maps
+
+
+class ScoredImages:
+    """Images, their maps, and the model's score of each image's target (top-1 of the clean image by default).
+
+    Attributes
+    ----------
+    images : the batch as float32 NumPy in the model's layout.
+    channel_axis : the channel axis of ``images``.
+    pixels : an ``(N, H, W, C)`` view of ``images``.
+    maps : ``(N, H, W)`` float64.
+    targets : ``(N,)`` class per image.
+    clean : ``(N,)`` float64 score of each image's target on the image itself.
+    """
+
+    def __init__(
+        self, model: Any, images: Any, maps: Any, target: Target, score: str, batch_size: int | None
+    ) -> None:
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        refuse_target_function(target, "the metric")
+        self.model, self.score = model, score
+        self.backend = get_backend(model)
+        self.batch_size = 64 if batch_size is None else positive_int(batch_size, "batch_size")
+        self.images = self.backend.to_numpy(images)
+        self.channel_axis = input_channel_axis(self.backend, model)
+        self.pixels = channels_last_view(self.images, self.channel_axis)
+        self.maps = as_maps(maps, self.pixels.shape[1:3])
+        if len(self.maps) != len(self.images):
+            raise ValueError(f"got {len(self.maps)} maps for {len(self.images)} images")
+        logits = self.backend.predict(model, self.images, batch_size=self.batch_size)
+        self.targets = class_targets(target, logits)
+        self.clean = target_scores(logits, self.targets, score)
+
+    def as_pixels(self, values: float | np.ndarray) -> np.ndarray:
+        """A scalar or an array in the images' layout, broadcast to the images, as an ``(N, H, W, C)`` view."""
+        try:
+            full = np.broadcast_to(np.asarray(values, dtype=np.float32), self.images.shape)
+        except ValueError:
+            raise ValueError(
+                f"a baseline of shape {np.shape(values)} does not fit images of shape {self.images.shape}"
+            ) from None
+        return channels_last_view(full, self.channel_axis)
+
+    def scores_of_copies(self, copies_per_image: int, fill: Callable[[np.ndarray, int, int], None]) -> np.ndarray:
+        """``(N, copies_per_image)`` target scores of changed copies of every image.
+
+        ``fill(pixels, n, j)`` writes copy ``j`` of image ``n`` into ``pixels``, an ``(H, W, C)`` view of one
+        row of the (reused) batch buffer.
+        """
+        n_images = len(self.images)
+
+        def fill_batch(batch: np.ndarray, rows: np.ndarray) -> None:
+            view = channels_last_view(batch, self.channel_axis)
+            for i, row in enumerate(rows):
+                fill(view[i], int(row) // copies_per_image, int(row) % copies_per_image)
+
+        def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            logits = self.backend.predict(self.model, batch)
+            return target_scores(logits, self.targets[rows // copies_per_image], self.score)
+
+        rows = n_images * copies_per_image
+        scores = run_in_batches(rows, self.batch_size, self.images.shape[1:], fill_batch, forward)
+        return scores.reshape(n_images, copies_per_image)
