@@ -18,7 +18,9 @@ SAMPLES_DIR = Path(__file__).parent / "samples"
 def write_samples(folder: Path = SAMPLES_DIR, seed: int = 2024) -> list[Path]:
     """Write the samples into ``folder`` and return their paths."""
     single = make_split("single", n=50, seed=seed, train=False)
-    multi = make_split("multi", n=1, seed=seed, train=False)
+    # the first multi-instance image of this seed that shows three instances of one class clearly
+    multi_index = 5
+    multi = make_split("multi", n=multi_index + 1, seed=seed, train=False)
     annotations, paths = {}, []
     for label, name in enumerate(CLASSES):
         i = int(next(i for i in range(len(single)) if single.labels[i] == label))
@@ -26,10 +28,11 @@ def write_samples(folder: Path = SAMPLES_DIR, seed: int = 2024) -> list[Path]:
         annotations[paths[-1].name] = {
             "label": label, "class": name, "boxes": single.boxes[i].tolist(), "split": "single", "index": i, "seed": seed
         }
-    name = CLASSES[int(multi.labels[0])]
-    paths.append(write_png(folder / f"{name}_multi.png", multi.images[0]))
+    label = int(multi.labels[multi_index])
+    paths.append(write_png(folder / f"{CLASSES[label]}_multi.png", multi.images[multi_index]))
     annotations[paths[-1].name] = {
-        "label": int(multi.labels[0]), "class": name, "boxes": multi.boxes[0].tolist(), "split": "multi", "index": 0, "seed": seed
+        "label": label, "class": CLASSES[label], "boxes": multi.boxes[multi_index].tolist(),
+        "split": "multi", "index": multi_index, "seed": seed,
     }
     (folder / "samples.json").write_text(json.dumps(annotations, indent=2, sort_keys=True) + "\n")
     return paths
