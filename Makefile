@@ -23,5 +23,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
+# Peers (pytorch-grad-cam, captum, torchcam) need torchvision, which does not import beside torch 2.13.0:
+# the benchmarks get their own venv with torch 2.14.1 + torchvision 0.29.1 (both on local disk).
+.venv-bench/.installed: benchmarks/requirements-bench.txt setup.cfg
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet -r benchmarks/requirements-bench.txt
+	.venv-bench/bin/pip install --quiet -e .
+	touch $@
+
+bench: .venv-bench/.installed
+	.venv-bench/bin/python benchmarks/bench_torch.py
+
 clean:
 	rm -rf $(VENV) results .pytest_cache
