@@ -160,7 +160,7 @@ def _panel(
     row_height: int,
 ) -> None:
     """One panel: the title, a 0..1 axis, and per method its bars (mean) with whiskers (95% interval)."""
-    label_width, margin = 130, 20
+    label_width, margin = 145, 20
     x0, x1 = left + label_width, left + width - margin
     draw.text((left + 10, top + 8), title, fill=(0, 0, 0), font=font)
     axis_top = top + 30
