@@ -764,7 +764,7 @@ def _eval_rectified(jaxpr: Any, consts: list[Any], args: list[Any], relu: Callab
             outputs = _eval_rectified(body, body_consts, inputs, relu)
         else:
             if _eqn_has_relu(eqn):
-                raise NotImplementedError(
+                raise ValueError(
                     f"guided backprop cannot reach the ReLUs inside a '{eqn.primitive.name}' "
                     "(a loop or branch such as flax.linen.scan or lax.cond); explain a model without it"
                 )

@@ -192,8 +192,8 @@ def input_gradient(
     input > 0 AND the incoming gradient > 0); ``"deconvnet"`` (only where the incoming gradient > 0).
     The rules act on Keras ReLU activations: ``activation="relu"`` on any layer, ``ReLU()`` layers
     without slope, cap or threshold, and ``Activation("relu")``. A ``tf.nn.relu`` called inside a
-    subclassed ``call`` is out of reach (``NotImplementedError``), and a model with no ReLU Keras can
-    see is refused (``ValueError``).
+    subclassed ``call`` is out of reach, and a model with no ReLU Keras can see is refused: both
+    ``ValueError``.
     With ``layers``, the same forward also captures those layers, and ``result.probe`` holds their
     activations and *plain* gradients (Guided Grad-CAM).
     """
@@ -645,7 +645,7 @@ def _rectified(relus: list[tuple[keras.layers.Layer, str]]) -> Iterator[None]:
         yield
     unreached = _relu_op_count(graph) - relu_ops_before - len(rectified)
     if unreached > 0:
-        raise NotImplementedError(
+        raise ValueError(
             f"{unreached} ReLU op(s) of this model are not Keras activations (tf.nn.relu called inside a "
             "layer's call?); guided backprop and deconvnet can change only activation='relu', ReLU() and "
             "Activation('relu')"

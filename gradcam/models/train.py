@@ -8,8 +8,8 @@ bundled multi-instance sample is classified too); ``biased`` trains on the biase
 corner mark is on every "circle" image and on no other. Fresh images are drawn every epoch (the
 generator is cheap), so the model never sees an image twice. Held-out accuracy is printed on
 test splits (``train=False``: images never used in training); for the biased model also how
-often a mark on a non-circle image turns the prediction into "circle". One run takes about 4.5
-minutes of CPU time (the packaged files were made with ``--threads 1``; the thread count changes
+often a mark on a non-circle image turns the prediction into "circle". One run takes about 5 minutes
+on 2 CPU cores (the packaged files were made with the default ``--threads 2``; the thread count changes
 only the order of float sums).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gradcam.models import KINDS, weights_path
 from gradcam.models.architecture import random_weights
 from gradcam.models.torch_net import ShapesNet, build, weights_of
 
-EPOCHS = 10
+EPOCHS = 16
 IMAGES_PER_EPOCH = 5000
 MULTI_FRACTION = 0.25
 BATCH_SIZE = 64
