@@ -83,7 +83,7 @@ METRICS: dict[str, tuple[Metric, ...]] = {
 class EvaluationConfig:
     """What to evaluate: ``images`` per split, the framework of the default model, the methods, the RISE steps."""
 
-    images: int = 40
+    images: int = 200
     backend: str = "torch"
     methods: tuple[str, ...] = tuple(METHODS)
     steps: int = 16

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "increase in confidence, deletion and insertion; the biased model's attention to its spurious mark. Writes "
         "evaluation.md (the table), evaluation.json and evaluation.png.",
     )
-    evaluate.add_argument("--images", type=int, default=40, help="images per split (default 40: a few minutes on 2 cores)")
+    evaluate.add_argument("--images", type=int, default=200, help="images per split (default 200: about 4 minutes on 2 cores)")
     evaluate.add_argument("--backend", default="torch", help="framework of the default model: torch (default), tensorflow or jax")
     evaluate.add_argument("--method", nargs="+", default=None, metavar="METHOD", help=f"methods to evaluate (default: all of {', '.join(METHODS)})")
     evaluate.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
