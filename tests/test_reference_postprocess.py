@@ -37,6 +37,17 @@ def test_upsample_two_by_two_by_hand():
     np.testing.assert_allclose(out[0, :, 0], [0, 0.5, 1.5, 2.0])
 
 
+def test_upsample_is_the_product_with_the_interpolation_matrices():
+    maps = np.random.default_rng(1).random((3, 5, 7))
+    R_h, R_w = ref.bilinear_matrix(40, 5), ref.bilinear_matrix(24, 7)
+    assert np.array_equal(ref.upsample(maps, (40, 24)), (R_h @ maps @ R_w.T).astype(np.float32))
+    np.testing.assert_allclose(R_h.sum(axis=1), 1.0)
+    lower, upper, frac = ref.bilinear_taps(4, 2)  # samples at -0.25 (clamped), 0.25, 0.75, 1.25 (clamped)
+    np.testing.assert_array_equal(lower, [0, 0, 0, 1])
+    np.testing.assert_array_equal(upper, [1, 1, 1, 1])
+    np.testing.assert_allclose(frac, [0, 0.25, 0.75, 0])
+
+
 def test_upsample_rejects_wrong_rank():
     with pytest.raises(ValueError, match=r"\(N, h, w\)"):
         ref.upsample(np.zeros((4, 4)), (8, 8))
@@ -84,6 +95,9 @@ def test_colormap_ends_and_overlay():
     # dark at 0, blue-cyan at 1/4, green-yellow at 1/2, red at 1
     assert turbo.dtype == np.uint8 and turbo[0].max() < 60
     assert turbo[1, 2] > turbo[1, 0] and turbo[2, 1] > 200 and turbo[4, 0] > turbo[4, 1] > turbo[4, 2]
+    # the polynomial's ends: its constant terms at 0, the sums of its coefficients at 1
+    np.testing.assert_array_equal(turbo[0], [35, 23, 27])
+    np.testing.assert_array_equal(turbo[4], [144, 13, 0])
     images = np.full((1, 2, 2, 3), 100, np.uint8)
     out = ref.overlay(images, np.ones((1, 2, 2)), alpha=0.5)
     np.testing.assert_array_equal(out[0, 0, 0], [114, 50, 50])  # (100 + 128) / 2, 100 / 2, 100 / 2

@@ -23,13 +23,14 @@ from gradcam.reference.cams import (
 )
 from gradcam.reference.colour import COLORMAPS, colormap, gradient_image, overlay
 from gradcam.reference.localization import bounding_box, box_iou, pointing_game_hit
-from gradcam.reference.postprocess import bilinear_matrix, normalize, upsample
+from gradcam.reference.postprocess import bilinear_matrix, bilinear_taps, normalize, upsample
 from gradcam.reference.relu_rules import RULES, relu_backward
 
 __all__ = [
     "COLORMAPS",
     "RULES",
     "bilinear_matrix",
+    "bilinear_taps",
     "bounding_box",
     "box_iou",
     "cam",

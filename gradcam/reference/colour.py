@@ -21,8 +21,12 @@ def _jet(x: np.ndarray) -> np.ndarray:
 
 
 def _turbo(x: np.ndarray) -> np.ndarray:
-    powers = np.stack([x**p for p in range(6)], axis=-1)
-    return np.clip(powers @ _TURBO.T, 0.0, 1.0)
+    # Horner's rule on the three polynomials at once (no matrix product: no BLAS threads, see upsample)
+    x = x[..., None]
+    value = np.broadcast_to(_TURBO[:, 5], x.shape[:-1] + (3,))
+    for power in range(4, -1, -1):
+        value = value * x + _TURBO[:, power]
+    return np.clip(value, 0.0, 1.0)
 
 
 COLORMAPS = {"jet": _jet, "turbo": _turbo}
