@@ -17,16 +17,6 @@ import torch_nets as nets  # noqa: E402
 F32 = dict(rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and two pytest workers on two cores with two threads
-    each run 50x slower (the thread pools spin against each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_probe(model: nn.Module, x: torch.Tensor, layers: list[str], target=None):
     """Activations and gradients from a full-graph forward with ``retain_grad`` and ``.backward()``.
 

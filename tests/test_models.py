@@ -13,7 +13,9 @@ import re
 import numpy as np
 import pytest
 
+from gradcam import GradCAM, metrics
 from gradcam.datasets import BIASED_CLASS, make_split
+from gradcam.evaluation import POINTING_TOLERANCE
 from gradcam.models import CLASSES, FEATURE_LAYER, default_model, load_weights, random_weights
 from gradcam.models.architecture import check_weights, weight_shapes
 
@@ -107,9 +109,6 @@ def test_grad_cam_of_the_default_model_points_at_the_object_on_at_least_90_perce
     the box (the maximum of an upsampled 8x8 map falls on a cell centre, often a pixel past a small
     object's edge); the strict rate is held too, so that a model looking beside the objects fails.
     """
-    from gradcam import GradCAM, metrics
-    from gradcam.evaluation import POINTING_TOLERANCE
-
     split = make_split("single", 300, seed=11, train=False)
     maps = GradCAM(default_model("torch"))(torch.from_numpy(split.to_float()), target=split.labels).heatmaps()
     assert np.mean(metrics.pointing_game(maps, split.boxes, tolerance=POINTING_TOLERANCE)) >= 0.90
