@@ -5,39 +5,23 @@ Why this module looks the way it does:
 * A framework may be absent, heavy to import, or broken in a given environment, so no backend is
   imported until a model of its framework shows up. A torch model can only exist if ``torch`` is
   already in ``sys.modules``; we look there first and import nothing speculatively (as einops does).
-* Every backend module offers the same functions over NumPy in / NumPy out (DESIGN.md section 5):
-
-  ``is_model(model) -> bool``
-      Whether ``model`` belongs to this framework.
-  ``probe(model, x, layers, target, reshape=None) -> Probe``
-      Activations and gradients of the target score at ``layers``: ONE forward and ONE backward
-      per batch, however many layers, gradients taken with respect to the layer outputs only.
-  ``input_gradient(model, x, target, rule="plain", layers=()) -> InputGradient``
-      ``d y / d x`` with ReLU backward rule ``plain | guided | deconvnet``. With ``layers``, the
-      plain activations and gradients at those layers come from the same forward.
-  ``predict(model, x, batch_size=None) -> np.ndarray``
-      The model's outputs (forward only), ``batch_size`` rows at a time.
-  ``predict_ablated(model, x, layer, channels, batch_size=None) -> np.ndarray``
-      Outputs with channel ``channels[m]`` of ``layer`` set to zero in row ``m`` (-1: none), for Ablation-CAM.
-  ``dense_weight(model, layer) -> np.ndarray``
-      A dense layer's weight matrix as ``(outputs, inputs)``, for CAM.
-  ``layer_names(model) -> list[str]``, ``layer_shapes(model, x)`` and ``default_layer(model, x) -> str``
-      The default layer is the last module, in execution order, whose output is spatial.
-  ``to_numpy(x) -> np.ndarray``
-      The input as float32 NumPy in the framework's own layout.
-
+* Every backend module keeps one contract, ``gradcam.backends.contract.Backend`` (a ``typing.Protocol``
+  that a module satisfies; DESIGN.md section 5): NumPy in, NumPy out, activations and gradients of the
+  target score at the requested layers from ONE forward and ONE backward per batch. What the three share
+  without a framework (targets resolved before any compute, rule names, batching, layer paths, caches,
+  messages) is written once in ``gradcam.backends.common``.
 * Backends never import each other; the public layer (``gradcam.methods``) never imports a framework.
 """
 from __future__ import annotations
 
 import importlib
 import sys
-from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
+from gradcam.backends.contract import Backend
 from gradcam.backends.probe import InputGradient, Probe
 
-__all__ = ["Probe", "InputGradient", "get_backend", "backend_by_name", "SUPPORTED"]
+__all__ = ["Backend", "Probe", "InputGradient", "get_backend", "backend_by_name", "SUPPORTED"]
 
 # backend module name -> the framework module whose presence in sys.modules makes it a candidate
 SUPPORTED: dict[str, tuple[str, ...]] = {
@@ -47,14 +31,14 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
 }
 
 
-def backend_by_name(name: str) -> ModuleType:
+def backend_by_name(name: str) -> Backend:
     """The backend module ``gradcam.backends.<name>`` (imports that framework)."""
     if name not in SUPPORTED:
         raise ValueError(f"unknown backend {name!r}; supported backends: {', '.join(SUPPORTED)}")
-    return importlib.import_module(f"gradcam.backends.{name}")
+    return cast(Backend, importlib.import_module(f"gradcam.backends.{name}"))
 
 
-def get_backend(model: Any) -> ModuleType:
+def get_backend(model: Any) -> Backend:
     """The backend whose framework ``model`` belongs to, found without importing any framework.
 
     Raises

@@ -1,13 +1,72 @@
-"""Checks and rules every backend applies the same way (NumPy only, no framework)."""
+"""What every backend does the same way, written once (NumPy only, no framework).
+
+Targets are resolved here before any compute; the ReLU rule names, input checks, batching in chunks,
+layer-path lookup, the bounded caches and the shared error messages live here too, so that a backend
+module holds only what its framework needs (see ``gradcam.backends.contract``).
+"""
 from __future__ import annotations
 
+import collections
 import difflib
-from collections.abc import Callable, Sequence
-from typing import Any, Union
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-Target = Union[None, int, Sequence[int], np.ndarray, Callable[[Any], Any]]
+from gradcam.reference.relu_rules import RULES
+
+Target = None | int | Sequence[int] | np.ndarray | Callable[[Any], Any]
+Reshape = Callable[[np.ndarray], np.ndarray]
+
+TOP1 = -1
+"""The class index that stands for "the top-1 class of this image" in a resolved request."""
+
+
+def requested_classes(target: Target, n: int, n_classes: int | None = None) -> np.ndarray:
+    """One class index per image for ``target``, checked before any forward or backward runs.
+
+    ``None`` and a callable give ``TOP1`` for every image (the callable's scores come from the
+    outputs). An int applies to all ``n`` images, a sequence gives one per image. With
+    ``n_classes`` known (from the model's output shape), indices are checked against it too.
+
+    Raises
+    ------
+    ValueError
+        Non-integer targets, a count other than 1 or ``n``, or an index out of ``0..n_classes-1``.
+    """
+    if target is None or callable(target):
+        return np.full(n, TOP1, dtype=np.int64)
+    classes = np.asarray(target)
+    if classes.dtype.kind not in "iu":
+        raise ValueError(f"class targets must be integers, got {target!r}")
+    if classes.ndim == 0:
+        classes = np.full(n, int(classes))
+    if classes.shape != (n,):
+        raise ValueError(f"got {classes.size} targets for a batch of {n} images; give one int or {n}")
+    classes = classes.astype(np.int64)
+    if n_classes is not None:
+        check_class_range(classes, n_classes)
+    return classes
+
+
+def check_class_range(classes: np.ndarray, n_classes: int) -> None:
+    """A ``ValueError`` with the valid range when a class index lies outside ``0..n_classes-1``."""
+    bad = (classes < 0) | (classes >= n_classes)
+    if bad.any():
+        raise ValueError(f"class index {int(classes[bad][0])} is out of range: valid classes are 0..{n_classes - 1}")
+
+
+def output_classes(output_shape: tuple[int, ...] | None, target: Target) -> int | None:
+    """The number of classes of an ``(N, classes)`` output shape, for checking class targets before the
+    forward; a callable target needs none. Any other output shape with class targets is refused."""
+    if callable(target) or output_shape is None:
+        return None
+    if len(output_shape) != 2:
+        raise ValueError(
+            f"the model's output has shape {tuple(output_shape)}, not (N, classes); "
+            "give target= a callable that maps the output to one score per image"
+        )
+    return int(output_shape[1])
 
 
 def class_targets(target: Target, logits: np.ndarray) -> np.ndarray:
@@ -16,27 +75,24 @@ def class_targets(target: Target, logits: np.ndarray) -> np.ndarray:
     ``None`` means the top-1 class of each image. Raises ``ValueError`` with the valid range when
     an index is out of range or the number of targets differs from the batch size.
     """
-    if logits.ndim != 2:
-        raise ValueError(
-            f"the model's output has shape {tuple(logits.shape)}, not (N, classes); "
-            "give target= a callable that maps the output to one score per image"
-        )
-    n, n_classes = logits.shape
+    n_classes = output_classes(tuple(logits.shape), None)
     if target is None:
         return np.argmax(logits, axis=1).astype(np.int64)
-    targets = np.asarray(target)
-    if targets.dtype.kind not in "iu":
-        raise ValueError(f"class targets must be integers, got {target!r}")
-    if targets.ndim == 0:
-        targets = np.full(n, int(targets), dtype=np.int64)
-    if targets.shape != (n,):
-        raise ValueError(f"got {targets.size} targets for a batch of {n} images; give one int or {n}")
-    bad = (targets < 0) | (targets >= n_classes)
-    if bad.any():
-        raise ValueError(
-            f"class index {int(targets[bad][0])} is out of range: valid classes are 0..{n_classes - 1}"
-        )
-    return targets.astype(np.int64)
+    return requested_classes(target, logits.shape[0], n_classes)
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` if it is one of ``RULES`` (plain, guided, deconvnet), else a ``ValueError`` listing them."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    return rule
+
+
+def positive_int(value: Any, what: str) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``what`` unless it is a whole number >= 1."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_input(x: np.ndarray) -> None:
@@ -47,6 +103,133 @@ def check_input(x: np.ndarray) -> None:
         )
     if not np.isfinite(x).all():
         raise ValueError("the input contains NaN or Inf values; explanations of non-finite input are refused")
+
+
+def checked_batch(batch: np.ndarray, layout: str) -> np.ndarray:
+    """``batch`` if it is a finite 4-D batch; else a ``ValueError`` that names ``layout`` (e.g. ``"N, H, W, C"``)
+    and, for a single image, how to add the batch dimension."""
+    if batch.ndim != 4:
+        hint = " (add the batch dimension: x[None])" if batch.ndim == 3 else ""
+        raise ValueError(f"expected a batch of images ({layout}), got shape {tuple(batch.shape)}{hint}")
+    check_input(batch)
+    return batch
+
+
+def refuse_torch_tensor(x: Any, framework: str, layout: str) -> None:
+    """A ``TypeError`` for a torch tensor handed to a model of another framework, with the transpose to use."""
+    if type(x).__module__.split(".")[0] == "torch":
+        raise TypeError(
+            f"a torch tensor was given to a {framework} model; pass a NumPy array in the {framework} model's own "
+            f"layout ({layout}), e.g. x.permute(0, 2, 3, 1).numpy() for an NCHW torch batch"
+        )
+
+
+def predict_in_chunks(
+    forward: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, batch_size: int | None, pad: bool
+) -> np.ndarray:
+    """``forward`` over ``batch`` at most ``batch_size`` rows at a time, outputs concatenated as float32.
+
+    With ``pad``, a shorter last chunk is padded with zeros to full size (and the padding dropped), so
+    that a compiled function traced for one shape serves every chunk.
+    """
+    n = batch.shape[0]
+    size = n if batch_size is None else positive_int(batch_size, "batch_size")
+    outputs = []
+    for start in range(0, n, size):
+        chunk = batch[start : start + size]
+        if pad and n > size and len(chunk) < size:
+            padding = np.zeros((size - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, padding], axis=0)
+        outputs.append(np.asarray(forward(chunk), dtype=np.float32)[: min(size, n - start)])
+    return np.concatenate(outputs, axis=0)
+
+
+def resolve_path(names: Iterable[str], spec: str) -> str:
+    """The layer path ``spec`` names: itself, or the one nested path ending in ``/spec``.
+
+    Raises
+    ------
+    KeyError
+        When ``spec`` ends several paths (listing them) or none (naming the closest).
+    """
+    names = list(names)
+    if spec in names:
+        return spec
+    nested = [name for name in names if name.endswith("/" + spec)]
+    if len(nested) == 1:
+        return nested[0]
+    if nested:
+        raise KeyError(f"layer name {spec!r} is ambiguous; give the full path, one of: {', '.join(nested)}")
+    raise unknown_layer_error(spec, names)
+
+
+def last_spatial(
+    shapes: Iterable[tuple[str, tuple[int, ...]]], is_spatial: Callable[[str, tuple[int, ...]], bool]
+) -> str:
+    """The default layer: the last one, in execution order, whose output ``is_spatial`` (h, w > 1)."""
+    spatial = [name for name, shape in shapes if is_spatial(name, shape)]
+    if not spatial:
+        raise ValueError(
+            "no layer of this model outputs a spatial map with h, w > 1; pass layer= explicitly, "
+            "with reshape= for token layers (gradcam.vit_reshape)"
+        )
+    return spatial[-1]
+
+
+def layers_did_not_run(missing: Sequence[str]) -> RuntimeError:
+    """The error for requested layers that the forward never called."""
+    return RuntimeError(
+        f"layer(s) {', '.join(map(repr, missing))} did not run in the model's forward pass "
+        "for this input; choose layers that the forward calls"
+    )
+
+
+def score_independent_of(names: Sequence[str]) -> RuntimeError:
+    """The error for layers (or the input) whose value the target score does not depend on."""
+    return RuntimeError(
+        f"the target score does not depend on the output of {', '.join(map(repr, names))}: the model does not "
+        "use what that layer returns; choose a layer that the output is computed from"
+    )
+
+
+def target_function_shape_error(n: int, got: Any) -> ValueError:
+    """The error for a target function whose result is not one score per image."""
+    return ValueError(f"the target function must return a tensor of shape ({n},), one score per image; got {got}")
+
+
+def channels_first(array: np.ndarray, channel_axis: int) -> np.ndarray:
+    """A 4-D array with its channels on ``channel_axis`` as contiguous float32 NCHW; other ranks unchanged
+    (they are left for the user's ``reshape``)."""
+    if array.ndim == 4:
+        array = np.moveaxis(array, channel_axis, 1)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class LRUCache:
+    """At most ``size`` built values by key; the least recently used goes first.
+
+    Compiled functions are cached per model and request; a new target lambda per call would otherwise pile up.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The value for ``key``, built by ``build()`` on first use."""
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        value = self.entries[key] = build()
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return value
+
+    def values(self) -> Iterable[Any]:
+        return self.entries.values()
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 def unknown_layer_error(name: str, names: Sequence[str]) -> KeyError:

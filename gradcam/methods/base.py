@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from gradcam import reference as ref
-from gradcam.backends import Probe, backend_by_name, get_backend
+from gradcam.backends import Backend, Probe, backend_by_name, get_backend
 from gradcam.backends.common import Target, layer_list
 from gradcam.explanation import Explanation
 
@@ -45,7 +44,7 @@ class Method(ABC):
         self.model = model
         self.layers = layer_list(layer)
         self.reshape = reshape
-        self.backend: ModuleType = backend_by_name(backend) if backend else get_backend(model)
+        self.backend: Backend = backend_by_name(backend) if backend else get_backend(model)
         self._default_layers: dict[tuple, list[str]] = {}
 
     @abstractmethod
@@ -54,7 +53,10 @@ class Method(ABC):
         on the model's outputs returning one score per image."""
 
     def layers_for(self, x: Any) -> list[Any]:
-        """The requested layers, or the backend's default layer for inputs shaped like ``x`` (found once)."""
+        """The requested layers, or the backend's default layer for inputs shaped like ``x`` (found once).
+
+        This is the one place where a default layer is chosen; backends take the layers they are given.
+        """
         if self.layers:
             return self.layers
         key = tuple(getattr(x, "shape", ()))[1:]
@@ -64,7 +66,7 @@ class Method(ABC):
 
     def __repr__(self) -> str:
         layers = ", ".join(map(str, self.layers)) or "default"
-        return f"{type(self).__name__}(layer={layers}, backend={self.backend.__name__.rsplit('.', 1)[-1]})"
+        return f"{type(self).__name__}(layer={layers}, backend={self.backend.NAME})"
 
 
 class LayerMethod(Method):

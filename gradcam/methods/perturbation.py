@@ -1,77 +1,23 @@
 """Methods that need only forward passes: Score-CAM, Ablation-CAM and occlusion sensitivity.
 
-Every masked, ablated or occluded copy of an image is one row of a batch. Rows of all images and all
-channels (or windows) share batches of ``batch_size`` rows, written into one buffer that is reused from
-batch to batch, so the working memory is one batch of inputs, whatever the number of channels and images.
-Copies are made in the model's own input layout (channels on axis 1 for PyTorch, last for Keras and Flax).
+Every masked, ablated or occluded copy of an image is one row of a batch (``gradcam.copies``): rows of all
+images and all channels (or windows) share batches of ``batch_size`` rows in one reused buffer, in the model's
+own input layout, which the backend names (``input_channel_axis``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from gradcam import reference as ref
 from gradcam.backends import Probe
-from gradcam.backends.common import Target, class_targets
+from gradcam.backends.common import Target, class_targets, positive_int
+from gradcam.copies import channels_last_view, refuse_target_function, run_in_batches
 from gradcam.explanation import Explanation
 from gradcam.methods.base import LayerMethod, Method
-
-SCORES = ("probability", "raw")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """``exp(z_c) / sum_j exp(z_j)`` over the last axis, in float64 (shifted by the max: no overflow)."""
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def target_scores(logits: np.ndarray, targets: np.ndarray, score: str = "probability") -> np.ndarray:
-    """Row ``m``'s score of class ``targets[m]``: its softmax probability or its raw output, float64 ``(M,)``."""
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-    values = softmax(logits) if score == "probability" else np.asarray(logits, dtype=np.float64)
-    return values[np.arange(len(targets)), targets]
-
-
-def refuse_target_function(target: Target, method: str) -> None:
-    """Gradient-free methods read class scores from NumPy outputs, where a framework-op target cannot run."""
-    if callable(target):
-        raise ValueError(
-            f"{method} scores classes of the model's (N, classes) output; a target function is not supported: "
-            "give a class index, one per image, or None for the top-1 class"
-        )
-
-
-def input_channel_axis(backend: ModuleType, model: Any) -> int:
-    """The channel axis of the model's input: 1 for PyTorch, -1 for Keras (unless configured channels-first),
-    the model's ``channel_axis`` for JAX (-1, NHWC, unless it says otherwise)."""
-    kind = backend.__name__.rsplit(".", 1)[-1]
-    if kind == "torch":
-        return 1
-    if kind == "jax":
-        return int(getattr(model, "channel_axis", -1))
-    import keras
-
-    return -1 if keras.config.image_data_format() == "channels_last" else 1
-
-
-def channels_last_view(batch: np.ndarray, channel_axis: int) -> np.ndarray:
-    """``(N, H, W, C)`` view of a 4-D batch whose channels lie on ``channel_axis``: writes go to ``batch``."""
-    if batch.ndim != 4:
-        raise ValueError(f"expected a batch of images with 4 dimensions, got shape {tuple(batch.shape)}")
-    return np.moveaxis(batch, channel_axis, -1)
-
-
-def positive_int(value: int, what: str) -> int:
-    """``value`` as an int, or a ``ValueError`` naming ``what`` unless it is a whole number >= 1."""
-    if int(value) != value or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
+from gradcam.reference.scores import SCORES, target_scores
 
 
 def positive_pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
@@ -80,28 +26,6 @@ def positive_pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
     if len(pair) != 2:
         raise ValueError(f"{what} must be an int or (height, width), got {value!r}")
     return positive_int(pair[0], what), positive_int(pair[1], what)
-
-
-def run_in_batches(
-    rows: int,
-    batch_size: int,
-    row_shape: tuple[int, ...],
-    fill: Callable[[np.ndarray, np.ndarray], None],
-    forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
-) -> np.ndarray:
-    """``forward`` over ``rows`` rows, ``batch_size`` at a time, each batch written by ``fill`` into one buffer.
-
-    ``fill(batch, indices)`` writes rows ``indices`` into ``batch``; ``forward(batch, indices)`` returns one
-    value per row. Returns the values of all rows, concatenated.
-    """
-    buffer = np.empty((min(batch_size, rows), *row_shape), dtype=np.float32)
-    values = []
-    for start in range(0, rows, batch_size):
-        indices = np.arange(start, min(start + batch_size, rows))
-        batch = buffer[: indices.size]
-        fill(batch, indices)
-        values.append(forward(batch, indices))
-    return np.concatenate(values) if values else np.zeros(0)
 
 
 @dataclass
@@ -173,7 +97,7 @@ class ScoreCAM(_PerturbedLayerMethod):
     def layer_map(self, name: str, probe: ImageProbe) -> tuple[np.ndarray, np.ndarray]:
         A = probe.activations[name]
         pairs = np.argwhere(self.scored_channels(A))  # (M, 2) rows (image n, channel k), image by image
-        axis = input_channel_axis(self.backend, self.model)
+        axis = self.backend.input_channel_axis(self.model)
         images = channels_last_view(probe.images, axis)
 
         def fill(batch: np.ndarray, rows: np.ndarray) -> None:
@@ -308,7 +232,7 @@ class Occlusion(Method):
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         refuse_target_function(target, "Occlusion")
         images = self.backend.to_numpy(x)
-        axis = input_channel_axis(self.backend, self.model)
+        axis = self.backend.input_channel_axis(self.model)
         pixels = channels_last_view(images, axis)
         n_images, H, W = pixels.shape[:3]
         logits = self.backend.predict(self.model, images, batch_size=self.batch_size)

@@ -9,7 +9,6 @@ import numpy as np
 from gradcam import reference as ref
 from gradcam.backends import Probe
 from gradcam.backends.common import Target
-from gradcam.explanation import Explanation
 from gradcam.methods.base import LayerMethod
 
 

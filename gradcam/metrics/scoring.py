@@ -8,17 +8,10 @@ from typing import Any
 import numpy as np
 
 from gradcam.backends import get_backend
-from gradcam.backends.common import Target, class_targets
-from gradcam.methods.perturbation import (
-    SCORES,
-    channels_last_view,
-    input_channel_axis,
-    positive_int,
-    refuse_target_function,
-    run_in_batches,
-    target_scores,
-)
+from gradcam.backends.common import Target, class_targets, positive_int
+from gradcam.copies import channels_last_view, refuse_target_function, run_in_batches
 from gradcam.metrics.checks import as_maps
+from gradcam.reference.scores import SCORES, target_scores
 
 
 class ScoredImages:
@@ -44,7 +37,7 @@ class ScoredImages:
         self.backend = get_backend(model)
         self.batch_size = 64 if batch_size is None else positive_int(batch_size, "batch_size")
         self.images = self.backend.to_numpy(images)
-        self.channel_axis = input_channel_axis(self.backend, model)
+        self.channel_axis = self.backend.input_channel_axis(model)
         self.pixels = channels_last_view(self.images, self.channel_axis)
         self.maps = as_maps(maps, self.pixels.shape[1:3])
         if len(self.maps) != len(self.images):

@@ -25,10 +25,12 @@ from gradcam.reference.colour import COLORMAPS, colormap, gradient_image, overla
 from gradcam.reference.localization import bounding_box, box_iou, pointing_game_hit
 from gradcam.reference.postprocess import bilinear_matrix, bilinear_taps, normalize, upsample
 from gradcam.reference.relu_rules import RULES, relu_backward
+from gradcam.reference.scores import SCORES, softmax, target_scores
 
 __all__ = [
     "COLORMAPS",
     "RULES",
+    "SCORES",
     "bilinear_matrix",
     "bilinear_taps",
     "bounding_box",
@@ -52,6 +54,8 @@ __all__ = [
     "relu_backward",
     "smooth_grad_cam_pp",
     "smooth_grad_cam_pp_weights",
+    "softmax",
+    "target_scores",
     "upsample",
     "weighted_map",
     "xgrad_cam",

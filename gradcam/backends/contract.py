@@ -1,0 +1,70 @@
+"""The one contract every backend keeps, as a ``typing.Protocol`` that a backend *module* satisfies.
+
+Why a Protocol and not a base class: a backend is a module (``gradcam.backends.torch`` ...), loaded only
+when a model of its framework shows up, and a method holds it as ``self.backend``. A Protocol lets a type
+checker follow ``self.backend.probe(...)`` into the contract without any backend inheriting anything, and
+``tests/test_backend_contract.py`` checks that each module has every member with the same parameters.
+
+Everything framework-neutral that the functions below share (resolving targets before any compute, the
+ReLU rule names, batching, layer paths, the caches and the messages) lives once in
+``gradcam.backends.common``; a backend module holds only what its framework needs.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from gradcam.backends.common import Reshape, Target
+from gradcam.backends.probe import InputGradient, Probe
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What each of ``gradcam.backends.torch``, ``.tensorflow`` and ``.jax`` offers (NumPy in, NumPy out)."""
+
+    NAME: str
+    """The backend's name: ``"torch"``, ``"tensorflow"`` or ``"jax"``."""
+
+    def is_model(self, model: Any) -> bool:
+        """Whether ``model`` belongs to this framework."""
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """The input batch as float32 NumPy in the model's own layout."""
+
+    def input_channel_axis(self, model: Any) -> int:
+        """The axis of the colour channels in the model's input (1: channels first, -1: channels last)."""
+
+    def layer_names(self, model: Any) -> list[str]:
+        """The names a layer can be given by."""
+
+    def layer_shapes(self, model: Any, x: Any) -> list[tuple[str, tuple[int, ...]]]:
+        """Each layer's output shape for input ``x``, in execution order."""
+
+    def default_layer(self, model: Any, x: Any) -> str:
+        """The last layer, in execution order, whose output is a spatial map (h, w > 1)."""
+
+    def probe(self, model: Any, x: Any, layers: Any, target: Target = None, reshape: Reshape | None = None) -> Probe:
+        """Activations ``A`` and gradients ``G = d y / d A`` at ``layers``: one forward, one backward per batch,
+        gradients taken with respect to the layer outputs only."""
+
+    def input_gradient(
+        self,
+        model: Any,
+        x: Any,
+        target: Target = None,
+        rule: str = "plain",
+        layers: Any = None,
+        reshape: Reshape | None = None,
+    ) -> InputGradient:
+        """``d y / d x`` with the ReLU backward ``rule`` (``plain | guided | deconvnet``); with ``layers``, their
+        plain activations and gradients from the same forward."""
+
+    def predict(self, model: Any, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """The model's outputs, forward only, ``batch_size`` rows at a time."""
+
+    def predict_ablated(self, model: Any, x: Any, layer: Any, channels: Any) -> np.ndarray:
+        """Outputs with channel ``channels[m]`` of ``layer`` set to zero in row ``m`` (-1: none)."""
+
+    def dense_weight(self, model: Any, layer: Any) -> np.ndarray:
+        """A dense layer's weight matrix as ``(outputs, inputs)``."""
