@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-all
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: $(STAMP)
 	$(BIN)/gradcam explain --method all --output-dir results
 	$(BIN)/gradcam compare --output results/compare.png
 
+# ruff first (lint + import order, configured in pyproject.toml): seconds, and it fails before the suite starts
 test: $(STAMP)
+	$(BIN)/ruff check gradcam tests benchmarks
 	$(BIN)/python -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check gradcam tests benchmarks
 
 # Peers (pytorch-grad-cam, captum, torchcam) need torchvision, which does not import beside torch 2.13.0:
 # the benchmarks get their own venv with torch 2.14.1 + torchvision 0.29.1 (both on local disk).

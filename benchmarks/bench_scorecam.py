@@ -42,12 +42,12 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam draws a progress bar per image
 
-import torch  # noqa: E402
+import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from resnet50_torch import resnet50  # noqa: E402
+from resnet50_torch import resnet50
 
 BATCH = 16
 QUICK = ("layer4.0.conv1", 112)
@@ -227,7 +227,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help=f"layer {FULL[0]} at {FULL[1]}x{FULL[1]} (slow)")
     parser.add_argument("--layer", default=None, help=f"layer (default {QUICK[0]}, or {FULL[0]} with --full)")
-    parser.add_argument("--size", type=int, default=None, help=f"image side (default {QUICK[1]}, or {FULL[1]} with --full)")
+    parser.add_argument(
+        "--size", type=int, default=None, help=f"image side (default {QUICK[1]}, or {FULL[1]} with --full)"
+    )
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--threads", type=int, default=2)

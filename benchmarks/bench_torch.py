@@ -36,7 +36,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from resnet50_torch import resnet50  # noqa: E402
+from resnet50_torch import resnet50
 
 LAYER = "layer4"
 SIZE = 224
@@ -108,7 +108,7 @@ def floor_input_gradient(model: torch.nn.Module) -> Variant:
             score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
             return torch.autograd.grad(score, x)[0]
         finally:
-            for p, flag in zip(parameters, flags):
+            for p, flag in zip(parameters, flags, strict=False):
                 p.requires_grad_(flag)
 
     return run

@@ -9,8 +9,8 @@ Importing this package imports no framework: a backend is loaded when a model of
 """
 from gradcam import reference
 from gradcam.api import explain, method_class
-from gradcam.compare import Comparison, compare
 from gradcam.backends.common import vit_reshape
+from gradcam.compare import Comparison, compare
 from gradcam.explanation import ChannelRanking, Explanation
 from gradcam.methods import (
     CAM,

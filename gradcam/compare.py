@@ -64,7 +64,8 @@ class Comparison:
         for d in self.differences:
             weights = "-" if d.weights is None else f"{d.weights:.2e}"
             lines.append(
-                f"| {d.method} | {d.model} | {d.reference} | {d.scores:.2e} | {d.scores_relative:.2e} | {weights} | {d.maps:.2e} |"
+                f"| {d.method} | {d.model} | {d.reference} | {d.scores:.2e} | {d.scores_relative:.2e} "
+                f"| {weights} | {d.maps:.2e} |"
             )
         return "\n".join(lines)
 

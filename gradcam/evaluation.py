@@ -62,7 +62,12 @@ METRICS: dict[str, tuple[Metric, ...]] = {
     "single": (
         Metric("localization", "loc. acc.", True, "IoU >= 0.5 of the 15%-threshold box (Grad-CAM 4.1)"),
         Metric("iou", "loc. IoU", True, "IoU of that box with the object's box"),
-        Metric("pointing", "pointing", True, f"the map's maximum lies within {POINTING_TOLERANCE} px of the box (Grad-CAM 4.3)"),
+        Metric(
+            "pointing",
+            "pointing",
+            True,
+            f"the map's maximum lies within {POINTING_TOLERANCE} px of the box (Grad-CAM 4.3)",
+        ),
         Metric("energy", "energy", True, "share of the map's sum inside the box (Score-CAM)"),
         Metric("faithfulness", "rank corr.", True, "Spearman correlation with the occlusion map (Grad-CAM 5.3)"),
         Metric("average_drop", "avg. drop", False, "max(0, Y - O) / Y on image * map (Grad-CAM++)"),
@@ -71,7 +76,12 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("insertion", "insertion", True, "area under the probability as top pixels are put in (RISE)"),
     ),
     "multi": (
-        Metric("pointing", "pointing", True, f"the maximum lies within {POINTING_TOLERANCE} px of one of the instances' boxes"),
+        Metric(
+            "pointing",
+            "pointing",
+            True,
+            f"the maximum lies within {POINTING_TOLERANCE} px of one of the instances' boxes",
+        ),
         Metric("energy", "energy", True, "share of the map's sum inside the instances' boxes (Grad-CAM++ Loc)"),
         Metric("coverage", "instances lit", True, "share of instances where the map reaches half its maximum"),
         Metric("iou", "loc. IoU", True, "IoU of the 15%-threshold box with the best-matching instance"),

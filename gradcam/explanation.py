@@ -122,5 +122,7 @@ class Explanation:
         order = np.argsort(-self.weights, axis=1, kind="stable")
         most = order[:, :k]
         least = order[:, ::-1][:, :k]
-        take = lambda idx: np.take_along_axis(self.weights, idx, axis=1)  # noqa: E731
-        return ChannelRanking(most, take(most), least, take(least))
+        weights = self.weights
+        return ChannelRanking(
+            most, np.take_along_axis(weights, most, axis=1), least, np.take_along_axis(weights, least, axis=1)
+        )

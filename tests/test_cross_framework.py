@@ -52,7 +52,10 @@ def test_every_gradient_method_agrees_across_frameworks(models, images, layer):
 
 def test_weights_agree_where_methods_have_them(models, images):
     comparison = gradcam.compare(
-        {name: (model, "block3") for name, model in models.items()}, images, methods=["gradcam", "gradcam++", "xgradcam"], target=1
+        {name: (model, "block3") for name, model in models.items()},
+        images,
+        methods=["gradcam", "gradcam++", "xgradcam"],
+        target=1,
     )
     for difference in comparison.differences:
         reference = comparison.explanations[difference.method]["torch"].weights
@@ -61,20 +64,25 @@ def test_weights_agree_where_methods_have_them(models, images):
 
 def test_guided_methods_agree_across_frameworks(models, images):
     comparison = gradcam.compare(
-        {name: (model, "block3") for name, model in models.items()}, images, methods=["guided-backprop", "guided-gradcam"], target=[1, 1, 3]
+        {name: (model, "block3") for name, model in models.items()},
+        images,
+        methods=["guided-backprop", "guided-gradcam"],
+        target=[1, 1, 3],
     )
     comparison.assert_close(maps_atol=MAPS_ATOL, scores_rtol=SCORES_RTOL)
 
 
 def test_top_one_targets_agree(models, images):
-    comparison = gradcam.compare({name: (model, "features") for name, model in models.items()}, images, methods=["gradcam"])
+    layers = {name: (model, "features") for name, model in models.items()}
+    comparison = gradcam.compare(layers, images, methods=["gradcam"])
     targets = {name: ex.targets.tolist() for name, ex in comparison.explanations["gradcam"].items()}
     assert targets["torch"] == targets["keras"] == targets["flax"]
 
 
 def test_compare_reports_a_real_disagreement(models, images):
     other = importlib.import_module(BUILDERS["keras"]).build(random_weights(seed=4))
-    comparison = gradcam.compare({"torch": (models["torch"], "features"), "keras-other": (other, "features")}, images, methods=["gradcam"], target=0)
+    pair = {"torch": (models["torch"], "features"), "keras-other": (other, "features")}
+    comparison = gradcam.compare(pair, images, methods=["gradcam"], target=0)
     assert comparison.max_difference("maps") > 0.1
     with pytest.raises(AssertionError, match=r"\| gradcam \| keras-other \| torch \|"):
         comparison.assert_close()

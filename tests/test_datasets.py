@@ -26,7 +26,7 @@ def _same(a, b) -> bool:
         and np.array_equal(a.masks, b.masks)
         and np.array_equal(a.has_mark, b.has_mark)
         and len(a.boxes) == len(b.boxes)
-        and all(np.array_equal(x, y) for x, y in zip(a.boxes, b.boxes))
+        and all(np.array_equal(x, y) for x, y in zip(a.boxes, b.boxes, strict=False))
     )
 
 
@@ -86,7 +86,7 @@ def test_rotating_a_square_by_a_quarter_turn_gives_the_same_mask():
 @pytest.mark.parametrize("kind", ["single", "multi", "biased"])
 def test_every_box_is_tight_around_its_object_and_boxes_cover_the_mask(kind):
     split = make_split(kind, 60, seed=2)
-    for mask, boxes in zip(split.masks, split.boxes):
+    for mask, boxes in zip(split.masks, split.boxes, strict=False):
         covered = np.zeros_like(mask)
         for x0, y0, x1, y1 in boxes:
             inside = mask[y0:y1, x0:x1]
@@ -95,7 +95,9 @@ def test_every_box_is_tight_around_its_object_and_boxes_cover_the_mask(kind):
             covered[y0:y1, x0:x1] = True
         assert not (mask & ~covered).any()
     if kind == "single" or kind == "biased":
-        assert all(len(b) == 1 and tuple(b[0]) == tuple(mask_box(m)) for b, m in zip(split.boxes, split.masks))
+        assert all(
+            len(b) == 1 and tuple(b[0]) == tuple(mask_box(m)) for b, m in zip(split.boxes, split.masks, strict=False)
+        )
 
 
 def test_multi_split_has_two_to_four_separate_instances():
@@ -122,7 +124,7 @@ def test_classes_are_balanced_and_images_have_the_documented_layout():
 
 def test_objects_stand_out_from_the_background():
     split = make_split("single", 100, seed=4)
-    for image, mask in zip(split.images.astype(float), split.masks):
+    for image, mask in zip(split.images.astype(float), split.masks, strict=False):
         inside = image[mask].mean(axis=0)
         outside = image[~mask].mean(axis=0)
         assert np.linalg.norm(inside - outside) > 60

@@ -133,9 +133,10 @@ def test_smooth_with_one_clean_copy_equals_grad_cam_pp(setup):
 
 def test_smooth_is_seeded_and_independent_of_batch_size(setup):
     model, x, *_ = setup
-    make = lambda batch_size, seed=3: gradcam.SmoothGradCAMPlusPlus(
-        model, layer="features.3", n_samples=5, noise_level=0.2, seed=seed, batch_size=batch_size
-    )(x)
+    def make(batch_size, seed=3):
+        return gradcam.SmoothGradCAMPlusPlus(
+            model, layer="features.3", n_samples=5, noise_level=0.2, seed=seed, batch_size=batch_size
+        )(x)
     one, many = make(1), make(16)
     np.testing.assert_allclose(one.raw, many.raw, rtol=1e-5, atol=1e-7)
     assert not np.allclose(make(4, seed=4).raw, one.raw)

@@ -142,10 +142,13 @@ def test_curves_with_a_baseline_and_fewer_steps():
     np.testing.assert_allclose(scores, [[2.0, 8.0, 10.0]])  # 4 * 0.5; 4 + 3 + 0.5 + 0.5; 10
 
 
+def sigmoid(s):
+    return 1 / (1 + np.exp(-s))
+
+
 def test_probability_score_is_the_softmax_of_the_target():
     # logits (sum, 0): softmax of class 0 = sigmoid(sum); with 1 step the curve is the image and the baseline
     scores, _ = metrics.deletion_curve(PixelSum(), IMAGE, PERFECT_ORDER, 0, steps=1)
-    sigmoid = lambda s: 1 / (1 + np.exp(-s))  # noqa: E731
     np.testing.assert_allclose(scores, [[sigmoid(10.0), 0.5]], rtol=1e-6)
 
 
@@ -159,7 +162,6 @@ def test_average_drop_and_increase_in_confidence_by_hand():
     np.testing.assert_allclose(metrics.average_drop(model, image, maps, **kw), [1 / 3, 0.0, 0.0], rtol=1e-6)
     np.testing.assert_array_equal(metrics.increase_in_confidence(model, image, maps, **kw), [False, False, True])
     Y, O = metrics.explanation_scores(model, image, maps, target=0)
-    sigmoid = lambda s: 1 / (1 + np.exp(-s))  # noqa: E731
     np.testing.assert_allclose(Y, sigmoid(10.0), rtol=1e-6)
     np.testing.assert_allclose(O, sigmoid(np.array([20 / 3, 10.0, 20.0])), rtol=1e-6)
 
@@ -215,5 +217,5 @@ def test_model_metrics_agree_between_pytorch_and_keras():
             metrics.average_drop(model, x, maps),
             metrics.explanation_scores(model, x, maps)[1],
         ]
-    for ours, theirs in zip(results["torch"], results["tensorflow"]):
+    for ours, theirs in zip(results["torch"], results["tensorflow"], strict=False):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)

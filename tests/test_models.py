@@ -5,10 +5,9 @@ in different orders differ by about 1e-6 here).
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-
-import re
 
 import numpy as np
 import pytest
@@ -136,8 +135,9 @@ def test_biased_model_collects_its_circle_evidence_in_the_marked_corner():
     corner_logit = {}
     for kind in ("default", "biased"):
         model = default_model("torch", kind)
-        captured = {}
-        handle = getattr(model, FEATURE_LAYER).register_forward_hook(lambda m, i, out: captured.update(a=out))
+        captured: dict[str, torch.Tensor] = {}
+        layer = getattr(model, FEATURE_LAYER)
+        handle = layer.register_forward_hook(lambda m, i, out, into=captured: into.update(a=out))
         with torch.no_grad():
             model(x)
             cam = torch.einsum("nkhw,k->nhw", captured["a"], model.fc.weight[BIASED_CLASS])
@@ -183,8 +183,11 @@ def test_weights_that_do_not_fit_are_refused_naming_the_problem():
     del weights["stem.bn.running_var"]
     weights["extra"] = np.zeros(1, np.float32)
     weights["block1.conv.weight"] = np.zeros((32, 16, 5, 5), np.float32)
-    with pytest.raises(ValueError, match=r"missing stem.bn.running_var; unexpected extra; wrong shape "
-                       + re.escape(f"block1.conv.weight (32, 16, 5, 5) (expected {weight_shapes(5)['block1.conv.weight']})")):
+    with pytest.raises(
+        ValueError,
+        match=r"missing stem.bn.running_var; unexpected extra; wrong shape "
+        + re.escape(f"block1.conv.weight (32, 16, 5, 5) (expected {weight_shapes(5)['block1.conv.weight']})"),
+    ):
         torch_net.build(weights)
     with pytest.raises(ValueError, match="num_classes=4 but the weights have 5 classes"):
         torch_net.build(random_weights(), num_classes=4)

@@ -202,7 +202,10 @@ def test_window_starts_cover_the_edge():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda m: gradcam.ScoreCAM(m)(torch.rand(1, 3, 12, 12), target=lambda out: out[:, 0]), "target function is not"),
+        (
+            lambda m: gradcam.ScoreCAM(m)(torch.rand(1, 3, 12, 12), target=lambda out: out[:, 0]),
+            "target function is not",
+        ),
         (lambda m: gradcam.Occlusion(m, window=13)(torch.rand(1, 3, 12, 12)), r"window \(13 pixels\) is larger than"),
         (lambda m: gradcam.Occlusion(m, window=(2, 2, 2)), r"window must be an int or \(height, width\)"),
         (lambda m: gradcam.ScoreCAM(m, batch_size=0), "batch_size must be a positive integer"),

@@ -47,7 +47,8 @@ def test_closed_form_matches_finite_difference_derivatives_of_exp_score(seed):
     step = 1e-2
     assert np.abs(pre).min() > 4 * step * np.abs(head.U).max(), "a kink lies within the finite-difference stencil"
 
-    Y = lambda B: np.exp(head.score(B))  # the paper's exponential score
+    def Y(B):
+        return np.exp(head.score(B))  # the paper's exponential score
     S_sum = A.sum(axis=(1, 2))
     fd_weights = np.zeros(K)
     for index in np.ndindex(K, h, w):

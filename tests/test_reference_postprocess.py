@@ -22,7 +22,9 @@ def half_pixel_bilinear(m: np.ndarray, H: int, W: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("size_in,size_out", [((7, 7), (32, 32)), ((3, 5), (9, 20)), ((4, 4), (4, 4)), ((1, 3), (5, 6))])
+@pytest.mark.parametrize(
+    "size_in,size_out", [((7, 7), (32, 32)), ((3, 5), (9, 20)), ((4, 4), (4, 4)), ((1, 3), (5, 6))]
+)
 def test_upsample_matches_the_pixel_formula(size_in, size_out):
     maps = np.random.default_rng(0).random((2, *size_in))
     out = ref.upsample(maps, size_out)

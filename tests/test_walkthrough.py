@@ -142,7 +142,7 @@ def run_examples(found: list[Example], filename: str = "<walkthrough>") -> list[
 def problems(found: list[Example], runs: list[Run]) -> list[str]:
     """Every block that raised or printed something other than the document shows."""
     found_problems = []
-    for example, run in zip(found, runs):
+    for example, run in zip(found, runs, strict=False):
         if run.error is not None:
             found_problems.append(f"the block on line {example.code.line} raised:\n{run.error}")
             continue
@@ -160,7 +160,7 @@ def with_printed_output(markdown: str, found: list[Example], runs: list[Run]) ->
     """
     lines = markdown.splitlines()
     # edit from the end so that earlier line numbers stay valid
-    for example, run in reversed(list(zip(found, runs))):
+    for example, run in reversed(list(zip(found, runs, strict=False))):
         if run.error is not None:
             continue
         printed = _lines(run.printed)

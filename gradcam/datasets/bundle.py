@@ -26,7 +26,12 @@ def write_samples(folder: Path = SAMPLES_DIR, seed: int = 2024) -> list[Path]:
         i = int(next(i for i in range(len(single)) if single.labels[i] == label))
         paths.append(write_png(folder / f"{name}_0.png", single.images[i]))
         annotations[paths[-1].name] = {
-            "label": label, "class": name, "boxes": single.boxes[i].tolist(), "split": "single", "index": i, "seed": seed
+            "label": label,
+            "class": name,
+            "boxes": single.boxes[i].tolist(),
+            "split": "single",
+            "index": i,
+            "seed": seed,
         }
     label = int(multi.labels[multi_index])
     paths.append(write_png(folder / f"{CLASSES[label]}_multi.png", multi.images[multi_index]))

@@ -93,7 +93,8 @@ class ShapesSplit:
 def shape_mask(
     shape: str, center: tuple[float, float], radius: float, angle: float = 0.0, size: int = 64
 ) -> np.ndarray:
-    """Boolean ``(size, size)`` mask of one shape; pixel ``(row i, column j)`` is in when its centre ``(j + 0.5, i + 0.5)`` is.
+    """Boolean ``(size, size)`` mask of one shape; pixel ``(row i, column j)`` is in when its centre
+    ``(j + 0.5, i + 0.5)`` is.
 
     ``center`` is ``(x, y)`` in pixels. With ``(u, v)`` the offset from the centre rotated by ``-angle``:
 
@@ -249,7 +250,7 @@ def _relief(object_masks: list[np.ndarray], boxes: list[np.ndarray]) -> np.ndarr
     only its outline: without it a flat object's inside looks the same for every class.
     """
     relief = np.zeros(object_masks[0].shape)
-    for mask, (x0, y0, x1, y1) in zip(object_masks, boxes):
+    for mask, (x0, y0, x1, y1) in zip(object_masks, boxes, strict=False):
         # the distance transform of the box plus a 1-pixel background frame: 10x cheaper than the image's
         depth = distance_transform_edt(np.pad(mask[y0:y1, x0:x1], 1))[1:-1, 1:-1]
         relief[y0:y1, x0:x1] += _RELIEF * (depth / depth.max() - 0.5) * mask[y0:y1, x0:x1]

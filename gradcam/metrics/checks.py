@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 # one image's boxes: a (4,) box or a (k, 4) array of boxes (x0, y0, x1, y1), end exclusive
-Boxes = Union[np.ndarray, Sequence[Any]]
+Boxes = np.ndarray | Sequence[Any]
 
 
 def as_maps(maps: Any, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -28,7 +28,7 @@ def localization_iou(maps: Any, boxes: Boxes, threshold: float = LOCALIZATION_TH
     maps = as_maps(maps)
     per_image = boxes_per_image(boxes, len(maps), maps.shape[1:])
     ious = np.zeros(len(maps))
-    for i, (heatmap, truth) in enumerate(zip(maps, per_image)):
+    for i, (heatmap, truth) in enumerate(zip(maps, per_image, strict=False)):
         found = ref.bounding_box(heatmap, threshold)
         ious[i] = max(ref.box_iou(found, tuple(box)) for box in truth)
     return ious
@@ -47,7 +47,7 @@ def pointing_game(maps: Any, boxes: Boxes, tolerance: int = 0) -> np.ndarray:
     return np.array(
         [
             any(ref.pointing_game_hit(heatmap, tuple(box), tolerance) for box in truth)
-            for heatmap, truth in zip(maps, per_image)
+            for heatmap, truth in zip(maps, per_image, strict=False)
         ],
         dtype=bool,
     )
@@ -69,7 +69,7 @@ def energy_pointing_game(maps: Any, boxes: Boxes, threshold: float = 0.0) -> np.
         raise ValueError("energy needs non-negative maps; pass the methods' maps (in [0, 1]), not signed ones")
     per_image = boxes_per_image(boxes, len(maps), maps.shape[1:])
     shares = np.zeros(len(maps))
-    for i, (heatmap, truth) in enumerate(zip(maps, per_image)):
+    for i, (heatmap, truth) in enumerate(zip(maps, per_image, strict=False)):
         kept = np.where(heatmap >= threshold * heatmap.max(), heatmap, 0.0)
         total = kept.sum()
         if total > 0:
@@ -84,7 +84,7 @@ def instance_coverage(maps: Any, boxes: Boxes, threshold: float = 0.5) -> np.nda
     maps = as_maps(maps)
     per_image = boxes_per_image(boxes, len(maps), maps.shape[1:])
     coverage = np.zeros(len(maps))
-    for i, (heatmap, truth) in enumerate(zip(maps, per_image)):
+    for i, (heatmap, truth) in enumerate(zip(maps, per_image, strict=False)):
         peak = heatmap.max()
         if peak > 0:
             lit = [heatmap[y0:y1, x0:x1].max() >= threshold * peak for x0, y0, x1, y1 in truth]
@@ -101,7 +101,7 @@ def rank_correlation(maps: Any, reference_maps: Any) -> np.ndarray:
     if len(reference_maps) != len(maps):
         raise ValueError(f"got {len(maps)} maps and {len(reference_maps)} reference maps")
     rho = np.zeros(len(maps))
-    for i, (a, b) in enumerate(zip(maps, reference_maps)):
+    for i, (a, b) in enumerate(zip(maps, reference_maps, strict=False)):
         if np.ptp(a) > 0 and np.ptp(b) > 0:
             rho[i] = stats.spearmanr(a.ravel(), b.ravel()).statistic
     return rho

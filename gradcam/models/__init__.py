@@ -35,7 +35,16 @@ import numpy as np
 from gradcam.datasets.shapes import CLASSES
 from gradcam.models.architecture import FEATURE_LAYER, random_weights
 
-__all__ = ["CLASSES", "FEATURE_LAYER", "KINDS", "BACKENDS", "default_model", "load_weights", "weights_path", "random_weights"]
+__all__ = [
+    "CLASSES",
+    "FEATURE_LAYER",
+    "KINDS",
+    "BACKENDS",
+    "default_model",
+    "load_weights",
+    "weights_path",
+    "random_weights",
+]
 
 KINDS: tuple[str, ...] = ("default", "biased")
 # backend name (as in gradcam.backends) and its aliases -> builder module

@@ -81,7 +81,9 @@ class ShapesNet(nn.Module):
         return nn.Dense(self.num_classes, name="fc")(x)
 
 
-def build(weights: Mapping[str, np.ndarray] | None = None, num_classes: int | None = None) -> tuple[ShapesNet, dict[str, Any]]:
+def build(
+    weights: Mapping[str, np.ndarray] | None = None, num_classes: int | None = None
+) -> tuple[ShapesNet, dict[str, Any]]:
     """The default model as ``(module, variables)`` with ``weights`` (``None``: ``random_weights(0)``).
 
     ``variables = {"params": ..., "batch_stats": ...}``: convolution kernels transposed from
