@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy as np
 import psutil
@@ -49,13 +49,14 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-import gradcam  # noqa: E402
-from gradcam import reference as ref  # noqa: E402
-from gradcam.cli.explain import EngineOptions, ModelSpec, run_explain  # noqa: E402
-from gradcam.cli.loading import LoadedModel, scaled  # noqa: E402
-from gradcam.datasets import make_split  # noqa: E402
-from gradcam.images import read_image, resize  # noqa: E402
-from resnet50_torch import resnet50  # noqa: E402
+from resnet50_torch import resnet50
+
+import gradcam
+from gradcam import reference as ref
+from gradcam.batch.loading import LoadedModel, ModelSpec, scaled
+from gradcam.cli.explain import EngineOptions, run_explain
+from gradcam.datasets import make_split
+from gradcam.images import read_image, resize
 
 LAYER = "layer4"
 SIZE = 224
@@ -78,7 +79,9 @@ def bare_loop(cam: gradcam.GradCAM, images: np.ndarray, batch_size: int) -> None
         cam(prepare(images[i : i + batch_size]))
 
 
-def engine_run(loaded: LoadedModel, folder: Path, out_dir: Path, batch_size: int, save_maps: bool, engine: EngineOptions) -> None:
+def engine_run(
+    loaded: LoadedModel, folder: Path, out_dir: Path, batch_size: int, save_maps: bool, engine: EngineOptions
+) -> None:
     device = str(next(loaded.model.parameters()).device)
     status = run_explain(
         loaded, [folder], out_dir, ["gradcam"], LAYER, None, None, batch_size,
@@ -115,7 +118,9 @@ def cpu_seconds() -> float:
     return total
 
 
-def measure(run: Callable[[], None], around: Callable[[], ContextManager] = contextlib.nullcontext) -> tuple[float, float]:
+def measure(
+    run: Callable[[], None], around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+) -> tuple[float, float]:
     """Wall and CPU seconds of ``run`` (inside ``around``, which is not timed)."""
     with around():
         wall, cpu = time.perf_counter(), cpu_seconds()
@@ -131,7 +136,9 @@ def per_image(work: Callable[[Any], Any], items: list) -> float:
     return (time.process_time() - start) / len(items)
 
 
-def stage_costs(model: torch.nn.Module, folder: Path, images: np.ndarray, batch_size: int) -> tuple[dict[str, float], dict[str, float]]:
+def stage_costs(
+    model: torch.nn.Module, folder: Path, images: np.ndarray, batch_size: int
+) -> tuple[dict[str, float], dict[str, float]]:
     """CPU seconds per image of each stage but the model, on the first batches, and bytes per image of what
     is read and written."""
     paths = sorted(folder.glob("*.png"))[: 4 * batch_size]
@@ -155,8 +162,11 @@ def stage_costs(model: torch.nn.Module, folder: Path, images: np.ndarray, batch_
     def record_line(i: int) -> None:
         box = ref.bounding_box(ex.maps[i], 0.15)
         ranking = ex.top_channels(5)
-        record = {"path": str(paths[i]), "target": int(ex.targets[i]), "score": float(ex.scores[i]), "boxes": {"gradcam": list(box)},
-                  "top_channels": {"most": ranking.most[i].tolist(), "least": ranking.least[i].tolist()}}
+        record = {
+            "path": str(paths[i]), "target": int(ex.targets[i]), "score": float(ex.scores[i]),
+            "boxes": {"gradcam": list(box)},
+            "top_channels": {"most": ranking.most[i].tolist(), "least": ranking.least[i].tolist()},
+        }
         written["record"] += len(json.dumps(record)) + 1
 
     threads = torch.get_num_threads()
@@ -164,11 +174,14 @@ def stage_costs(model: torch.nn.Module, folder: Path, images: np.ndarray, batch_
     batches = [scaled("NCHW")(images[i : i + batch_size]) for i in range(0, 2 * batch_size, batch_size)]
     whole = per_image(cam, batches) / batch_size
     torch.set_num_threads(threads)
+    def read_photo(path: Path) -> np.ndarray:
+        return resize(read_image(path), (SIZE, SIZE))
+
     costs = {
         "Grad-CAM, whole, on one thread": whole,
         "Grad-CAM math after the model (NumPy: weights, map, upsampling to 224x224)": math_after_model,
         "read + decode a 224x224 PNG (these images)": per_image(read_image, paths),
-        "read + decode + resize a 500x375 JPEG (photo-sized)": per_image(lambda p: resize(read_image(p), (SIZE, SIZE)), jpegs),
+        "read + decode + resize a 500x375 JPEG (photo-sized)": per_image(read_photo, jpegs),
         "encode the heat map and overlay PNGs": per_image(encode_pictures, range(batch_size)),
         "15% box + JSON record": per_image(record_line, range(batch_size)),
     }
@@ -188,10 +201,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2, help="each round runs every variant once, in a rotated order; the table gives the median round (0: stage costs only)")
-    parser.add_argument("--actors", type=int, nargs="*", default=[1, 2], help="Ray runs to make (default: 1 and 2 actors)")
+    parser.add_argument(
+        "--rounds", type=int, default=2,
+        help="each round runs every variant once, in a rotated order; the table gives the median round "
+        "(0: stage costs only)",
+    )
+    parser.add_argument(
+        "--actors", type=int, nargs="*", default=[1, 2], help="Ray runs to make (default: 1 and 2 actors)"
+    )
     parser.add_argument("--skip-ray", action="store_true")
-    parser.add_argument("--device", default="cpu", help="PyTorch device of the bare loop and the local engine (default cpu)")
+    parser.add_argument(
+        "--device", default="cpu", help="PyTorch device of the bare loop and the local engine (default cpu)"
+    )
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Ray actor (default 0)")
     args = parser.parse_args()
 
@@ -204,10 +225,13 @@ def main() -> None:
               f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, median of {args.rounds} rounds", flush=True)
         cam = gradcam.GradCAM(model, layer=LAYER)
         cam(scaled("NCHW")(images[: args.batch_size]))  # warm-up, as the engines' check on a blank image
-        variants: dict[str, tuple[Callable[[], None], Callable[[], ContextManager]]] = {
-            BARE: (lambda: bare_loop(cam, images, args.batch_size), contextlib.nullcontext),
-            "local engine, records only": (lambda: engine_run(loaded, folder, out, args.batch_size, False, EngineOptions()), contextlib.nullcontext),
-            "local engine, records + PNG maps": (lambda: engine_run(loaded, folder, out, args.batch_size, True, EngineOptions()), contextlib.nullcontext),
+        local = functools.partial(engine_run, loaded, folder, out, args.batch_size)
+        variants: dict[str, tuple[Callable[[], None], Callable[[], contextlib.AbstractContextManager]]] = {
+            BARE: (functools.partial(bare_loop, cam, images, args.batch_size), contextlib.nullcontext),
+            "local engine, records only": (functools.partial(local, False, EngineOptions()), contextlib.nullcontext),
+            "local engine, records + PNG maps": (
+                functools.partial(local, True, EngineOptions()), contextlib.nullcontext
+            ),
         }
         for actors in [] if args.skip_ray else args.actors:
             engine = EngineOptions("ray", actors=actors, num_gpus=args.num_gpus)
@@ -229,7 +253,10 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|")
         for name in names:
             wall, cpu = median[name]
-            print(f"| {name} | {wall:.1f} | {n / wall:.1f} | {bare_wall / wall:.2f} | {1000 * cpu / n:.0f} | {bare_cpu / cpu:.2f} |")
+            print(
+                f"| {name} | {wall:.1f} | {n / wall:.1f} | {bare_wall / wall:.2f} | {1000 * cpu / n:.0f} "
+                f"| {bare_cpu / cpu:.2f} |"
+            )
     print("\n| stage | CPU ms per image |\n|---|---:|")
     for name, seconds in costs.items():
         print(f"| {name} | {1000 * seconds:.2f} |")

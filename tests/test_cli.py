@@ -35,7 +35,8 @@ def run(args, capsys):
 def test_explain_writes_maps_overlays_and_summary(tmp_path, images, capsys):
     out_dir = tmp_path / "out"
     status, out, err = run(
-        ["explain", *images, "--model", FACTORY, "--image-size", "32", "--method", "gradcam", "guided-gradcam", "--output-dir", out_dir],
+        ["explain", *images, "--model", FACTORY, "--image-size", "32", "--method", "gradcam", "guided-gradcam",
+         "--output-dir", out_dir],
         capsys,
     )
     assert status == 0, err
@@ -59,11 +60,13 @@ def test_explain_writes_maps_overlays_and_summary(tmp_path, images, capsys):
 
 
 def test_record_scores_and_targets_match_the_library(tmp_path, images, capsys):
-    import gradcam
     from cli_factory import make
 
+    import gradcam
+
     out_dir = tmp_path / "out"
-    assert run(["explain", images[0], "--model", FACTORY, "--image-size", "32", "--output-dir", out_dir], capsys)[0] == 0
+    arguments = ["explain", images[0], "--model", FACTORY, "--image-size", "32", "--output-dir", out_dir]
+    assert run(arguments, capsys)[0] == 0
     record = json.loads((out_dir / "records.jsonl").read_text())
     pixels = np.asarray(Image.open(images[0]).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
     x = torch.from_numpy(pixels.astype(np.float32).transpose(2, 0, 1)[None] / 255)
@@ -77,7 +80,10 @@ def test_unreadable_files_are_reported_and_the_rest_processed(tmp_path, images, 
     bad = tmp_path / "in" / "notes.png"
     bad.write_text("not an image")
     out_dir = tmp_path / "out"
-    status, _, err = run(["explain", images[0], bad, images[1], "--model", FACTORY, "--image-size", "32", "--output-dir", out_dir], capsys)
+    status, _, err = run(
+        ["explain", images[0], bad, images[1], "--model", FACTORY, "--image-size", "32", "--output-dir", out_dir],
+        capsys,
+    )
     assert status == 1
     error_lines = [line for line in err.splitlines() if "error" in line]
     assert len(error_lines) == 1 and "notes.png" in error_lines[0] and "Traceback" not in err
@@ -88,7 +94,9 @@ def test_unreadable_files_are_reported_and_the_rest_processed(tmp_path, images, 
 
 def test_images_over_the_pixel_limit_are_refused(tmp_path, images, capsys):
     status, _, err = run(
-        ["explain", images[0], "--model", FACTORY, "--image-size", "32", "--max-pixels", "1000", "--output-dir", tmp_path / "o"], capsys
+        ["explain", images[0], "--model", FACTORY, "--image-size", "32", "--max-pixels", "1000",
+         "--output-dir", tmp_path / "o"],
+        capsys,
     )
     assert status == 1 and "decompression-bomb limit of 1000 pixels" in err
 
@@ -113,7 +121,9 @@ def test_bad_arguments_get_one_line_and_status_2(tmp_path, images, capsys, extra
 def test_weights_that_do_not_fit_the_model(tmp_path, images, capsys):
     wrong = tmp_path / "wrong.pt"
     torch.save(torch.nn.Linear(3, 3).state_dict(), wrong)
-    status, _, err = run(["explain", images[0], "--model", FACTORY, "--weights", wrong, "--output-dir", tmp_path / "o"], capsys)
+    status, _, err = run(
+        ["explain", images[0], "--model", FACTORY, "--weights", wrong, "--output-dir", tmp_path / "o"], capsys
+    )
     assert status == 2 and "do not fit the model" in err and len(err.strip().splitlines()) == 1
 
 
@@ -126,7 +136,10 @@ def test_weights_that_fit_are_loaded(tmp_path, images, capsys):
     path = tmp_path / "fit.pt"
     torch.save(model.state_dict(), path)
     out_dir = tmp_path / "o"
-    assert run(["explain", images[0], "--model", FACTORY, "--weights", path, "--output-dir", out_dir, "--image-size", "32"], capsys)[0] == 0
+    arguments = [
+        "explain", images[0], "--model", FACTORY, "--weights", path, "--output-dir", out_dir, "--image-size", "32"
+    ]
+    assert run(arguments, capsys)[0] == 0
     assert json.loads((out_dir / "records.jsonl").read_text())["target"] == 3
 
 
@@ -158,7 +171,8 @@ def test_a_second_run_skips_recorded_images_and_overwrite_starts_over(tmp_path, 
 def test_compare_writes_one_figure(tmp_path, images, capsys):
     output = tmp_path / "cmp.png"
     status, out, _ = run(
-        ["compare", *images[:2], "--model", FACTORY, "--image-size", "32", "--method", "gradcam", "layercam", "guided-backprop", "--output", output, "--cell-size", "64"],
+        ["compare", *images[:2], "--model", FACTORY, "--image-size", "32", "--method", "gradcam", "layercam",
+         "guided-backprop", "--output", output, "--cell-size", "64"],
         capsys,
     )
     assert status == 0 and "3 methods on 2 rows" in out
@@ -179,5 +193,9 @@ def test_help_of_every_command(command):
     result = subprocess.run([sys.executable, "-m", "gradcam", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: gradcam" in result.stdout
     if command == ["explain"]:
-        for flag in ("--model", "--weights", "--backend", "--layer", "--class-id", "--method", "--output-dir", "--image-size", "--device"):
+        flags = (
+            "--model", "--weights", "--backend", "--layer", "--class-id", "--method", "--output-dir", "--image-size",
+            "--device",
+        )
+        for flag in flags:
             assert flag in result.stdout

@@ -25,7 +25,8 @@ def test_evaluate_end_to_end_on_two_images(tmp_path, capsys):
     assert main([*argv, "--output-dir", str(out)]) == 0
     text = (out / "evaluation.md").read_text()
     assert text == capsys.readouterr().out
-    assert "`gradcam evaluate --images 2 --backend torch --steps 2 --seed 0 --batch-size 64 --method gradcam gradcam++`" in text
+    command = "gradcam evaluate --images 2 --backend torch --steps 2 --seed 0 --batch-size 64"
+    assert f"`{command} --method gradcam gradcam++`" in text
     table_rows = [line for line in text.splitlines() if line.startswith(("| gradcam |", "| gradcam++ |"))]
     assert len(table_rows) == 6  # one row per method in each of the three tables
     report = json.loads((out / "evaluation.json").read_text())

@@ -14,12 +14,12 @@ from PIL import Image
 pytest.importorskip("ray.data")
 torch = pytest.importorskip("torch")
 
-from gradcam.cli import main  # noqa: E402
-from gradcam.cli.loading import CommandError  # noqa: E402
-from gradcam.cli.reader import DecodedBatch  # noqa: E402
-from gradcam.cli.records import BatchOutput, read_records  # noqa: E402
-from gradcam.cli.sources import InputItem  # noqa: E402
-from gradcam.engines import ray as engine  # noqa: E402
+from gradcam.batch.errors import JobError
+from gradcam.batch.reader import DecodedBatch
+from gradcam.batch.records import BatchOutput, read_records
+from gradcam.batch.sources import InputItem
+from gradcam.cli import main
+from gradcam.engines import ray as engine
 
 TESTS = Path(__file__).resolve().parent
 FACTORY = f"{TESTS / 'cli_factory.py'}:make"
@@ -88,7 +88,7 @@ def test_actor_resources_leave_room_for_decoding(actors, gpus, cpus, expected):
 
 
 def test_asking_for_more_gpus_than_the_cluster_has_is_one_clear_error():
-    with pytest.raises(CommandError, match=r"--actors 2 with --num-gpus 1.0 each need 2 GPUs; the Ray cluster has 0"):
+    with pytest.raises(JobError, match=r"--actors 2 with --num-gpus 1.0 each need 2 GPUs; the Ray cluster has 0"):
         engine.check_cluster(engine.RaySettings(actors=2, num_gpus=1.0), {"CPU": 8.0})
 
 
@@ -112,10 +112,14 @@ def test_two_actors_one_dying_resume_and_give_the_local_engines_records(tmp_path
     monkeypatch.setenv(MARKER_VARIABLE, str(marker))
 
     assert main([*common, "--model", FACTORY, "--output-dir", str(tmp_path / "local")]) == 1
-    earlier = ["explain", f"{tmp_path}/in/img0[1-5].png", "--model", FACTORY, "--image-size", "16", "--output-dir", str(tmp_path / "ray")]
+    earlier = [
+        "explain", f"{tmp_path}/in/img0[1-5].png", "--model", FACTORY, "--image-size", "16",
+        "--output-dir", str(tmp_path / "ray"),
+    ]
     assert main(earlier) == 0  # img01, 02, 03, 05 (img04 is in sub/); named as the folder run names them
     capsys.readouterr()
-    status = main([*common, "--model", DYING_FACTORY, "--engine", "ray", "--actors", "2", "--output-dir", str(tmp_path / "ray")])
+    ray_run = ["--model", DYING_FACTORY, "--engine", "ray", "--actors", "2", "--output-dir", str(tmp_path / "ray")]
+    status = main([*common, *ray_run])
     out, err = capsys.readouterr()
     assert status == 1 and "explained 22 of 23 images" in out and err.count("gradcam: error:") == 1
 

@@ -17,12 +17,13 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from gradcam.cli import main  # noqa: E402
-from gradcam.cli.loading import CommandError  # noqa: E402
-from gradcam.cli.reader import PrefetchReader, decode_batch  # noqa: E402
-from gradcam.cli.records import RecordWriter, read_records  # noqa: E402
-from gradcam.cli.sources import InputItem, Sources, output_stem  # noqa: E402
-from gradcam.engines.local import Finisher  # noqa: E402
+from gradcam.batch.errors import JobError
+from gradcam.batch.layout import output_stem
+from gradcam.batch.reader import PrefetchReader, decode_batch
+from gradcam.batch.records import RecordWriter, read_records
+from gradcam.batch.sources import InputItem, Sources
+from gradcam.cli import main
+from gradcam.engines.local import Finisher
 
 TESTS = Path(__file__).resolve().parent
 FACTORY = f"{TESTS / 'cli_factory.py'}:make"
@@ -93,13 +94,16 @@ def test_manifests_text_and_csv_with_targets(tmp_path):
     assert (a.target, a.error, b.target, b.error, c.target) == (3, None, None, None, None)
     assert c.error == f"{tmp_path / 'table.csv'} line 4: target 'cat' is not a class index"
     (tmp_path / "nopath.csv").write_text("file,target\nx.png,1\n")
-    with pytest.raises(CommandError, match="needs a 'path' column"):
+    with pytest.raises(JobError, match="needs a 'path' column"):
         Sources([], tmp_path / "nopath.csv")
 
 
 @pytest.mark.parametrize(
     "relative, stem",
-    [("cat.png", "cat"), ("sub/cat.tar.png", "sub/cat.tar"), ("../../up/cat.png", "up/cat"), ("./a/./b.jpg", "a/b"), ("..", "image")],
+    [
+        ("cat.png", "cat"), ("sub/cat.tar.png", "sub/cat.tar"), ("../../up/cat.png", "up/cat"), ("./a/./b.jpg", "a/b"),
+        ("..", "image"),
+    ],
 )
 def test_output_stems_never_leave_the_output_folder(relative, stem):
     assert output_stem(relative) == stem
@@ -178,7 +182,9 @@ def test_the_finisher_keeps_order_reports_its_failure_and_finishes_work_already_
 def test_decode_batch_resizes_and_reports_unreadable_files(tmp_path):
     good = save(tmp_path / "good.png", 0, size=(10, 12))
     (tmp_path / "bad.png").write_text("no")
-    items = [InputItem(str(good), "good"), InputItem(str(tmp_path / "bad.png"), "bad"), InputItem("x", "x", error="bad line")]
+    items = [
+        InputItem(str(good), "good"), InputItem(str(tmp_path / "bad.png"), "bad"), InputItem("x", "x", error="bad line")
+    ]
     batch = decode_batch(items, (6, 8), keep_originals=True)
     assert batch.pixels.shape == (3, 6, 8, 3) and batch.pixels[1:].max() == 0
     expected = np.asarray(Image.open(good).convert("RGB").resize((8, 6), Image.Resampling.BILINEAR))
@@ -220,19 +226,24 @@ def test_a_folder_run_records_every_image_with_errors_for_unreadable_files(tmp_p
 
 
 def test_manifest_targets_override_the_class_per_image(tmp_path, capsys):
-    import gradcam
     from cli_factory import make
+
+    import gradcam
 
     paths = [save(tmp_path / "data" / f"{i}.png", i, size=(16, 16)) for i in range(4)]
     (tmp_path / "data" / "list.csv").write_text("path,target\n0.png,2\n1.png,\n2.png,0\n3.png,7\n")
     out_dir = tmp_path / "out"
-    status = explain(["--manifest", tmp_path / "data" / "list.csv", "--model", FACTORY, "--class-id", "1", "--image-size", "16",
-                      "--batch-size", "4", "--no-save-maps", "--output-dir", out_dir], capsys)
+    status = explain(
+        ["--manifest", tmp_path / "data" / "list.csv", "--model", FACTORY, "--class-id", "1", "--image-size", "16",
+         "--batch-size", "4", "--no-save-maps", "--output-dir", out_dir],
+        capsys,
+    )
     assert status == 1
     records = records_by_path(out_dir)
     assert [records[str(p)].get("target") for p in paths] == [2, 1, 0, None]
     assert records[str(paths[3])]["error"].endswith("class index 7 is out of range: valid classes are 0..3")
-    x = torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in paths[:3]]).transpose(0, 3, 1, 2) / np.float32(255))
+    pixels = np.stack([np.asarray(Image.open(p)) for p in paths[:3]])
+    x = torch.from_numpy(pixels.transpose(0, 3, 1, 2) / np.float32(255))
     ex = gradcam.GradCAM(make(), layer="3")(x, target=[2, 1, 0])
     for i in range(3):
         assert records[str(paths[i])]["score"] == pytest.approx(float(ex.scores[i]), rel=1e-5)
@@ -252,19 +263,25 @@ def test_a_resumed_run_never_reuses_an_earlier_runs_file_names(tmp_path, capsys)
 
 def test_an_output_folder_inside_an_input_folder_is_refused(tmp_path, capsys):
     save(tmp_path / "data" / "x.png", 0)
-    status = main(["explain", str(tmp_path / "data"), "--model", FACTORY, "--output-dir", str(tmp_path / "data" / "results")])
+    status = main(
+        ["explain", str(tmp_path / "data"), "--model", FACTORY, "--output-dir", str(tmp_path / "data" / "results")]
+    )
     _, err = capsys.readouterr()
     assert status == 2 and "would overwrite an input image, or be read as one by the next run" in err
     assert not (tmp_path / "data" / "results" / "x_gradcam_heatmap.png").exists()
 
 
 def test_npz_shards_hold_the_heat_maps_the_records_point_to(tmp_path, capsys):
-    import gradcam
     from cli_factory import make
+
+    import gradcam
 
     paths = [save(tmp_path / "in" / f"{i}.png", i, size=(16, 16)) for i in range(5)]
     out_dir = tmp_path / "out"
-    common = ["--model", FACTORY, "--image-size", "16", "--batch-size", "2", "--no-save-maps", "--npz-shards", "3", "--output-dir", out_dir]
+    common = [
+        "--model", FACTORY, "--image-size", "16", "--batch-size", "2", "--no-save-maps", "--npz-shards", "3",
+        "--output-dir", out_dir,
+    ]
     assert explain([*paths[:4], *common], capsys) == 0
     assert explain([*paths, *common], capsys) == 0  # the resumed run adds a shard
     assert sorted(p.name for p in out_dir.glob("*.npz")) == ["maps-00000.npz", "maps-00001.npz", "maps-00002.npz"]
@@ -318,7 +335,9 @@ def test_a_run_killed_with_sigkill_and_resumed_records_every_image_once(tmp_path
     arguments = ["explain", str(tmp_path / "in"), "--model", SLOW_FACTORY, "--image-size", "12", "--batch-size", "4",
                  "--output-dir", str(out_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "gradcam", *arguments], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradcam", *arguments], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     records = out_dir / "records.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not records.exists() or records.read_bytes().count(b"\n") < 8):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradcam.cli.loading import CommandError, LoadedModel, load_model
+from gradcam.batch.errors import JobError
+from gradcam.batch.loading import LoadedModel, ModelSpec, load_model
 from gradcam.methods import METHODS
 
 MODEL_HELP = (
@@ -36,10 +37,16 @@ def _size(text: str) -> tuple[int, int]:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help=MODEL_HELP)
-    parser.add_argument("--weights", default=None, help="a PyTorch state_dict (loaded with weights_only=True) or Keras weights file")
-    parser.add_argument("--backend", default=None, help="framework of the embedded model: torch (default), tensorflow or jax")
+    parser.add_argument(
+        "--weights", default=None, help="a PyTorch state_dict (loaded with weights_only=True) or Keras weights file"
+    )
+    parser.add_argument(
+        "--backend", default=None, help="framework of the embedded model: torch (default), tensorflow or jax"
+    )
     parser.add_argument("--device", default=None, help="PyTorch device, e.g. cpu or cuda:0")
-    parser.add_argument("--image-size", type=_size, default=None, help="resize inputs to N or H,W (default: the model's size)")
+    parser.add_argument(
+        "--image-size", type=_size, default=None, help="resize inputs to N or H,W (default: the model's size)"
+    )
 
 
 def _add_method_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -51,7 +58,10 @@ def _add_method_arguments(parser: argparse.ArgumentParser, default: str) -> None
     parser.add_argument("--class-id", type=int, default=None, help="class to explain (default: the top-1 class)")
     parser.add_argument("--fc-layer", default=None, help="for --method cam: the dense layer after global pooling")
     parser.add_argument("--n-samples", type=int, default=8, help="noisy copies for smoothgradcam++ (default 8)")
-    parser.add_argument("--noise-level", type=float, default=0.15, help="noise for smoothgradcam++, a share of the value range (default 0.15)")
+    parser.add_argument(
+        "--noise-level", type=float, default=0.15,
+        help="noise for smoothgradcam++, a share of the value range (default 0.15)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
 
 
@@ -71,40 +81,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "images", nargs="*", type=Path, metavar="IMAGES",
-        help="image files, folders (searched recursively) or quoted glob patterns such as 'data/**/*.jpg' (default: the bundled samples)",
+        help="image files, folders (searched recursively) or quoted glob patterns such as 'data/**/*.jpg' "
+        "(default: the bundled samples)",
     )
     _add_model_arguments(explain)
     _add_method_arguments(explain, "gradcam")
-    explain.add_argument("--output-dir", type=Path, default=Path("results"), help="where results go (default: results/)")
-    explain.add_argument("--overwrite", action="store_true", help="start over instead of skipping images already recorded")
-    explain.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default: Pillow's decompression-bomb limit)")
+    explain.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="where results go (default: results/)"
+    )
+    explain.add_argument(
+        "--overwrite", action="store_true", help="start over instead of skipping images already recorded"
+    )
+    explain.add_argument(
+        "--max-pixels", type=int, default=None, help="refuse larger images (default: Pillow's decompression-bomb limit)"
+    )
     explain.add_argument(
         "--manifest", type=Path, default=None,
-        help="more inputs: a text file of image paths, one a line, or a .csv with a 'path' column and an optional 'target' "
-        "column that overrides --class-id per image (relative paths are relative to the manifest's folder)",
+        help="more inputs: a text file of image paths, one a line, or a .csv with a 'path' column and an optional "
+        "'target' column that overrides --class-id per image (relative paths are relative to the manifest's folder)",
     )
     explain.add_argument(
         "--save-maps", action=argparse.BooleanOptionalAction, default=True,
         help="write a heat map and an overlay PNG per image and method (default); --no-save-maps writes records only",
     )
-    explain.add_argument("--npz-shards", type=int, default=0, metavar="N", help="also store the heat maps as uint8 arrays in maps-NNNNN.npz files of N images each")
-    explain.add_argument("--engine", choices=("local", "ray"), default="local", help="local (this process, default) or ray (a Ray Data pipeline; needs gradcam[ray])")
-    explain.add_argument("--actors", type=int, default=1, help="--engine ray: explainer actors, each loading the model once (default 1)")
+    explain.add_argument(
+        "--npz-shards", type=int, default=0, metavar="N",
+        help="also store the heat maps as uint8 arrays in maps-NNNNN.npz files of N images each",
+    )
+    explain.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local (this process, default) or ray (a Ray Data pipeline; needs gradcam[ray])",
+    )
+    explain.add_argument(
+        "--actors", type=int, default=1, help="--engine ray: explainer actors, each loading the model once (default 1)"
+    )
     explain.add_argument("--num-gpus", type=float, default=0.0, help="--engine ray: GPUs per actor (default 0: CPU)")
-    explain.add_argument("--ray-address", default=None, help="--engine ray: join this Ray cluster (default: start a local Ray instance)")
+    explain.add_argument(
+        "--ray-address", default=None, help="--engine ray: join this Ray cluster (default: start a local Ray instance)"
+    )
 
     compare = commands.add_parser(
         "compare", help="one figure: methods as columns, images (and models) as rows",
         description="Draw one PNG comparing methods side by side: a column per method, a row per image and model.",
     )
-    compare.add_argument("images", nargs="*", type=Path, metavar="IMAGES", help="image files (default: the bundled samples)")
+    compare.add_argument(
+        "images", nargs="*", type=Path, metavar="IMAGES", help="image files (default: the bundled samples)"
+    )
     compare.add_argument("--model", action="append", default=None, help=MODEL_HELP + "; repeat to compare models")
     compare.add_argument("--weights", default=None, help="weights for the (single) model")
     compare.add_argument("--backend", default=None, help="framework of the embedded model: torch, tensorflow or jax")
     compare.add_argument("--device", default=None, help="PyTorch device")
     compare.add_argument("--image-size", type=_size, default=None, help="resize inputs to N or H,W")
     _add_method_arguments(compare, "all")
-    compare.add_argument("--output", type=Path, default=Path("results/compare.png"), help="the figure (default: results/compare.png)")
+    compare.add_argument(
+        "--output", type=Path, default=Path("results/compare.png"), help="the figure (default: results/compare.png)"
+    )
     compare.add_argument("--cell-size", type=int, default=160, help="pixels per picture in the figure (default 160)")
 
     layers = commands.add_parser(
@@ -120,13 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
         "increase in confidence, deletion and insertion; the biased model's attention to its spurious mark. Writes "
         "evaluation.md (the table), evaluation.json and evaluation.png.",
     )
-    evaluate.add_argument("--images", type=int, default=200, help="images per split (default 200: about 4 minutes on 2 cores)")
-    evaluate.add_argument("--backend", default="torch", help="framework of the default model: torch (default), tensorflow or jax")
-    evaluate.add_argument("--method", nargs="+", default=None, metavar="METHOD", help=f"methods to evaluate (default: all of {', '.join(METHODS)})")
+    evaluate.add_argument(
+        "--images", type=int, default=200, help="images per split (default 200: about 4 minutes on 2 cores)"
+    )
+    evaluate.add_argument(
+        "--backend", default="torch", help="framework of the default model: torch (default), tensorflow or jax"
+    )
+    evaluate.add_argument(
+        "--method", nargs="+", default=None, metavar="METHOD",
+        help=f"methods to evaluate (default: all of {', '.join(METHODS)})",
+    )
     evaluate.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out splits (default 0)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    evaluate.add_argument("--output-dir", type=Path, default=Path("results"), help="where the report goes (default: results/)")
+    evaluate.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="where the report goes (default: results/)"
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -149,12 +189,12 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from gradcam.cli.explain import EngineOptions, ModelSpec, run_explain
+    from gradcam.cli.explain import EngineOptions, run_explain
 
     loaded = load_model(args.model, args.weights, args.backend, args.device)
     return run_explain(
-        loaded, _images(args.images) if args.manifest is None else args.images, args.output_dir, args.method, args.layer,
-        args.class_id, args.image_size, args.batch_size, _options(args), overwrite=args.overwrite,
+        loaded, _images(args.images) if args.manifest is None else args.images, args.output_dir, args.method,
+        args.layer, args.class_id, args.image_size, args.batch_size, _options(args), overwrite=args.overwrite,
         manifest=args.manifest, save_maps=args.save_maps, npz_shards=args.npz_shards,
         model_spec=ModelSpec.from_arguments(args.model, args.weights, args.backend, args.device),
         engine=EngineOptions(args.engine, args.actors, args.num_gpus, args.ray_address),
@@ -166,9 +206,12 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     specs = args.model or [None]
     if args.weights and len(specs) > 1:
-        raise CommandError("--weights applies to a single --model")
+        raise JobError("--weights applies to a single --model")
     models = [load_model(spec, args.weights, args.backend, args.device) for spec in specs]
-    return run_compare(models, _images(args.images), args.output, args.method, args.layer, args.class_id, args.image_size, args.cell_size, _options(args))
+    return run_compare(
+        models, _images(args.images), args.output, args.method, args.layer, args.class_id, args.image_size,
+        args.cell_size, _options(args),
+    )
 
 
 def _run_layers(args: argparse.Namespace) -> int:
@@ -197,16 +240,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             **({"methods": tuple(args.method)} if args.method else {}),
         )
     except ValueError as error:
-        raise CommandError(str(error)) from None
+        raise JobError(str(error)) from None
     return run_evaluate(config, args.output_dir, quiet=args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 some images failed, 2 a usage error)."""
     args = build_parser().parse_args(argv)
-    run = {"explain": _run_explain, "compare": _run_compare, "layers": _run_layers, "evaluate": _run_evaluate}[args.command]
+    commands = {"explain": _run_explain, "compare": _run_compare, "layers": _run_layers, "evaluate": _run_evaluate}
+    run = commands[args.command]
     try:
         return run(args)
-    except CommandError as error:
+    except JobError as error:
         print(f"gradcam: error: {error}", file=sys.stderr)
         return 2

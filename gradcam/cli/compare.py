@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from gradcam import reference as ref
-from gradcam.cli.explain import build_methods, method_names
+from gradcam.batch.errors import JobError
+from gradcam.batch.job import build_methods, method_names
+from gradcam.batch.loading import LoadedModel
 from gradcam.cli.figure import comparison_figure
-from gradcam.cli.loading import CommandError, LoadedModel
 from gradcam.images import ImageReadError, read_image, resize, write_png
 
 
@@ -35,7 +36,7 @@ def run_compare(
             print(f"gradcam: error: {error}", file=sys.stderr)
             failed += 1
     if not originals:
-        raise CommandError("no readable image to compare")
+        raise JobError("no readable image to compare")
     columns: list[str] = []
     rows = []
     for loaded in models:
@@ -47,14 +48,17 @@ def run_compare(
         try:
             results = {name: method(x, target=class_id) for name, method in methods.items()}
         except (ValueError, KeyError) as error:
-            raise CommandError(str(error).strip("'\"")) from None
+            raise JobError(str(error).strip("'\"")) from None
         first = next(iter(results.values()))
         for i, stem in enumerate(names):
             target = int(first.targets[i])
             label = loaded.class_names[target] if loaded.class_names and target >= 0 else str(target)
             pictures = [inputs[i]]
             for ex in results.values():
-                pictures.append(ex.image()[i] if ex.pixel_space else ref.overlay(inputs[i : i + 1], ex.maps[i : i + 1])[0])
+                if ex.pixel_space:
+                    pictures.append(ex.image()[i])
+                else:
+                    pictures.append(ref.overlay(inputs[i : i + 1], ex.maps[i : i + 1])[0])
             model_part = f"{loaded.name}: " if len(models) > 1 else ""
             rows.append((f"{model_part}{stem} -> {label} ({float(first.scores[i]):.2f})", pictures))
     write_png(output, comparison_figure(rows, columns, cell=cell))

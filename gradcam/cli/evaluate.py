@@ -18,7 +18,8 @@ CHART_PANELS = (
     ("insertion AUC, one object (higher is better)", "single", "insertion"),
     ("instances lit, several instances (higher is better)", "multi", "coverage"),
 )
-BAR_COLOUR, SHORTCUT_COLOUR, BIASED_COLOUR, DEFAULT_COLOUR = (60, 110, 180), (120, 20, 20), (215, 80, 60), (160, 160, 160)
+BAR_COLOUR, SHORTCUT_COLOUR = (60, 110, 180), (120, 20, 20)
+BIASED_COLOUR, DEFAULT_COLOUR = (215, 80, 60), (160, 160, 160)
 
 
 def run_evaluate(config: EvaluationConfig, output_dir: Path, quiet: bool = False) -> int:
@@ -168,7 +169,7 @@ def _panel(
         x = x0 + tick * (x1 - x0)
         draw.line([(x, axis_top), (x, axis_top + len(methods) * 2 * row_height)], fill=(225, 225, 225))
         draw.text((x - 8, axis_top + len(methods) * 2 * row_height + 1), f"{tick:g}", fill=(90, 90, 90), font=font)
-    for row, (method, method_bars) in enumerate(zip(methods, bars)):
+    for row, (method, method_bars) in enumerate(zip(methods, bars, strict=True)):
         y = axis_top + row * 2 * row_height
         draw.text((left + 10, y + 4), method, fill=(0, 0, 0), font=font)
         bar_height = (2 * row_height - 6) // len(method_bars)

@@ -1,285 +1,32 @@
 """``gradcam explain``: heat maps and records for many images, streamed batch by batch, resumable.
 
-The job in three parts, so that every engine runs the same code on the images:
+The job itself is ``gradcam.batch``, the same whatever engine runs it:
 
-- the inputs (``gradcam.cli.sources``), listed lazily; images already recorded are skipped (resume);
-- ``Explainer``: a decoded batch in, its records, PNG bytes and heat maps out (``BatchOutput``);
-- ``OutputSink`` (``gradcam.cli.records``): files first, then the records that name them.
+- the inputs (``gradcam.batch.sources``), listed lazily; images already recorded are skipped (resume);
+- ``Explainer`` (``gradcam.batch.job``): a decoded batch in, its records, PNG bytes and heat maps out;
+- ``OutputSink`` (``gradcam.batch.records``): files first, then the records that name them.
 
-An engine moves batches from the first to the last: ``local`` in this process with a prefetching reader
-thread (``gradcam.engines.local``), ``ray`` as a Ray Data pipeline with explainer actors
-(``gradcam.engines.ray``). ``ExplainJob`` is everything a worker needs to rebuild the ``Explainer``.
+This command checks the options, picks an engine, which moves batches from the first to the last (``local``
+in this process with a prefetching reader thread, ``gradcam.engines.local``; ``ray`` as a Ray Data pipeline
+with explainer actors, ``gradcam.engines.ray``), and prints the progress and the outcome.
 """
 from __future__ import annotations
 
-import io
-import os
 import sys
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from gradcam import reference as ref
-from gradcam.api import method_class
-from gradcam.cli.loading import CommandError, LoadedModel, load_model
-from gradcam.cli.reader import DecodedBatch, decode_batch
-from gradcam.cli.records import RECORDS_NAME, BatchOutput, OutputSink, Recorded, read_recorded, remove_outputs, write_summary
-from gradcam.cli.sources import InputItem, Sources, count_pending, pending_items
-from gradcam.explanation import Explanation
-from gradcam.methods import METHODS, Method
-
-def file_slug(method: str) -> str:
-    """A method name as it appears in file names (``gradcam++`` -> ``gradcampp``)."""
-    return method.replace("+", "p")
-
-
-def method_names(requested: list[str], loaded: LoadedModel) -> list[str]:
-    """The canonical names of the requested methods; ``all`` is every method the model supports."""
-    names: list[str] = []
-    for item in requested:
-        for name in filter(None, item.split(",")):
-            if name == "all":
-                names += [m for m in METHODS if m != "cam" or loaded.fc_layer is not None]
-            else:
-                try:
-                    names.append(method_class(name).name)
-                except ValueError as error:
-                    raise CommandError(str(error)) from None
-    return list(dict.fromkeys(names))
-
-
-def build_methods(names: list[str], loaded: LoadedModel, layer: str | None, options: dict[str, Any]) -> dict[str, Method]:
-    methods = {}
-    for name in names:
-        cls = method_class(name)
-        kwargs: dict[str, Any] = {}
-        if name != "guided-backprop" and name != "deconvnet":
-            kwargs["layer"] = layer or loaded.layer
-        if name == "cam":
-            if loaded.fc_layer is None and not options.get("fc_layer"):
-                raise CommandError("--method cam needs --fc-layer (the dense layer after global average pooling)")
-            kwargs["fc_layer"] = options.get("fc_layer") or loaded.fc_layer
-        if name == "smoothgradcam++":
-            kwargs.update(n_samples=options["n_samples"], noise_level=options["noise_level"])
-        methods[name] = cls(loaded.model, **kwargs)
-    return methods
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def output_kinds(ex: Explanation) -> tuple[str, ...]:
-    return ("heatmap", "overlay", "guided") if ex.pixel_space else ("heatmap", "overlay")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The command line's model arguments, with file paths made absolute, so another process can load the model."""
-
-    model: str | None = None
-    weights: str | None = None
-    backend: str | None = None
-    device: str | None = None
-
-    @classmethod
-    def from_arguments(cls, model: str | None, weights: str | None, backend: str | None, device: str | None) -> ModelSpec:
-        if model is not None:
-            location, _, function = model.rpartition(":")
-            if location.endswith(".py"):
-                model = f"{os.path.abspath(location)}:{function}"
-            elif model.endswith(".keras"):
-                model = os.path.abspath(model)
-        return cls(model, os.path.abspath(weights) if weights else None, backend, device)
-
-    def load(self) -> LoadedModel:
-        return load_model(self.model, self.weights, self.backend, self.device)
-
-
-@dataclass(frozen=True)
-class ExplainJob:
-    """What to do with each batch; picklable, so that a worker process can rebuild the ``Explainer``.
-
-    Attributes
-    ----------
-    model : how to load the model.
-    methods : canonical method names.
-    layer, class_id : as on the command line (None: the model's default layer, the top-1 class).
-    image_size : ``(H, W)`` the model's input size; images are resized to it.
-    batch_size : images per batch.
-    method_options : ``fc_layer``, ``n_samples``, ``noise_level``.
-    max_pixels : refuse larger images (None: Pillow's limit).
-    pictures : write PNG heat maps and overlays (and guided pictures).
-    shard_maps : return the heat maps as arrays, for ``.npz`` shards.
-    """
-
-    model: ModelSpec
-    methods: tuple[str, ...]
-    layer: str | None
-    class_id: int | None
-    image_size: tuple[int, int]
-    batch_size: int
-    method_options: dict[str, Any] = field(default_factory=dict)
-    max_pixels: int | None = None
-    pictures: bool = True
-    shard_maps: bool = False
-
-    def decode(self, items: list[InputItem]) -> DecodedBatch:
-        """Read a batch of inputs (originals are kept only when overlays are drawn at their size)."""
-        return decode_batch(items, self.image_size, self.max_pixels, keep_originals=self.pictures)
-
-    def output_files(self, output_dir: Path) -> Callable[[str], list[Path]]:
-        """stem -> every PNG an image of that stem may get (the guided picture included, which only
-        pixel-space methods write)."""
-        return lambda stem: [
-            output_dir / f"{stem}_{file_slug(name)}_{kind}.png" for name in self.methods for kind in ("heatmap", "overlay", "guided")
-        ]
-
-    def explainer(self, loaded: LoadedModel | None = None) -> Explainer:
-        """The ``Explainer`` for this job, on ``loaded`` or on the model loaded from ``self.model``."""
-        return Explainer(loaded if loaded is not None else self.model.load(), self)
-
-
-@dataclass
-class Explained:
-    """A batch after the model: per item, why it was not explained (or None), and per group of images
-    (those with their own target, the others) their rows in the batch and the methods' explanations."""
-
-    batch: DecodedBatch
-    errors: list[str | None]
-    groups: list[tuple[list[int], dict[str, Explanation]]]
-
-
-class Explainer:
-    """Turns decoded batches into records, PNG bytes and heat maps with every method of the job.
-
-    ``explain`` is ``run`` (the methods, on the model) then ``finish`` (records and pictures, NumPy and
-    Pillow only), so that an engine can overlap the finishing of one batch with the model on the next.
-
-    On creation it explains one blank image, so that a bad layer, class or method option is reported as a
-    ``CommandError`` before any input is read, and the number of classes is known to check per-image targets.
-    """
-
-    def __init__(self, loaded: LoadedModel, job: ExplainJob) -> None:
-        self.loaded = loaded
-        self.job = job
-        self.methods = build_methods(list(job.methods), loaded, job.layer, job.method_options)
-        blank = self._explain(np.zeros((1, *job.image_size, 3), np.uint8), job.class_id)
-        logits = next((ex.logits for ex in blank.values() if ex.logits is not None), None)
-        self.classes: int | None = None if logits is None else int(logits.shape[1])
-        self.kinds = {name: output_kinds(ex) for name, ex in blank.items()}
-
-    def _explain(self, pixels: np.ndarray, target: Any) -> dict[str, Explanation]:
-        x = self.loaded.prepare(pixels)
-        try:
-            return {name: method(x, target=target) for name, method in self.methods.items()}
-        except (ValueError, KeyError) as error:
-            raise CommandError(str(error).strip("'\"")) from None
-
-    def explain(self, batch: DecodedBatch) -> BatchOutput:
-        """Every method on every readable image of ``batch``; an error record for each other one."""
-        return self.finish(self.run(batch))
-
-    def run(self, batch: DecodedBatch) -> Explained:
-        """The model's part of ``explain``: the methods on the readable images."""
-        errors = [error or self._target_error(item) for item, error in zip(batch.items, batch.errors, strict=True)]
-        # Images with their own target (from a manifest) and the others go through the methods separately.
-        own = [i for i, item in enumerate(batch.items) if errors[i] is None and item.target is not None]
-        default = [i for i, item in enumerate(batch.items) if errors[i] is None and item.target is None]
-        groups = [
-            (indices, self._explain(batch.pixels[indices], target))
-            for indices, target in ((own, [batch.items[i].target for i in own]), (default, self.job.class_id))
-            if indices
-        ]
-        return Explained(batch, errors, groups)
-
-    def finish(self, explained: Explained) -> BatchOutput:
-        """The rest of ``explain``, which needs no model: records, PNG bytes and heat maps."""
-        batch, n = explained.batch, len(explained.batch.items)
-        output = BatchOutput(records=[{"path": item.path, "error": error} for item, error in zip(batch.items, explained.errors, strict=True)])
-        if self.job.pictures:
-            output.pictures = {f"{name}/{kind}": [b""] * n for name, kinds in self.kinds.items() for kind in kinds}
-        if self.job.shard_maps:
-            output.maps = {name: np.zeros((n, *self.job.image_size), np.uint8) for name in self.methods}
-        for indices, explanations in explained.groups:
-            results = BatchResults(explanations)
-            for row, i in enumerate(indices):
-                original = batch.originals[i] if batch.originals is not None else None
-                output.records[i] = self._record(batch.items[i], row, results, original, output, i)
-        return output
-
-    def _target_error(self, item: InputItem) -> str | None:
-        if item.target is None or self.classes is None or 0 <= item.target < self.classes:
-            return None
-        return f"{item.path}: class index {item.target} is out of range: valid classes are 0..{self.classes - 1}"
-
-    def _record(
-        self, item: InputItem, row: int, results: BatchResults, original: np.ndarray | None, output: BatchOutput, i: int
-    ) -> dict[str, Any]:
-        """The record of one image (row ``row`` of ``results``); its pictures and maps go into ``output`` at ``i``."""
-        target = int(results.targets[row])
-        names = self.loaded.class_names
-        probabilities = results.probabilities
-        record: dict[str, Any] = {
-            "path": item.path,
-            "target": target,
-            "class_name": names[target] if names and 0 <= target < len(names) else None,
-            "score": float(results.scores[row]),
-            "probability": float(probabilities[row, target]) if probabilities is not None and target >= 0 else None,
-            "layer": results.layer,
-            "boxes": {name: None if boxes is None else list(boxes[row]) for name, boxes in results.boxes.items()},
-        }
-        if results.ranking is not None:
-            method, ranking = results.ranking
-            record["top_channels"] = {"method": method, "most": ranking.most[row].tolist(), "least": ranking.least[row].tolist()}
-        if self.job.pictures:
-            record["files"] = {}
-            for name in results.heat:
-                pictures = results.pictures(name, row, original)
-                record["files"][name] = {kind: f"{item.name}_{file_slug(name)}_{kind}.png" for kind in pictures}
-                for kind, data in pictures.items():
-                    output.pictures[f"{name}/{kind}"][i] = data
-        if self.job.shard_maps:
-            for name, heat in results.heat.items():
-                output.maps[name][i] = np.round(heat[row] * 255).astype(np.uint8)
-        return record
-
-
-class BatchResults:
-    """The methods' explanations of one batch, with what the records read computed once for the whole batch."""
-
-    def __init__(self, results: dict[str, Explanation]) -> None:
-        first = next(iter(results.values()))
-        self.targets, self.scores = first.targets, first.scores
-        logits = next((ex.logits for ex in results.values() if ex.logits is not None), None)
-        self.probabilities = None if logits is None else softmax(logits)
-        self.layer = next((ex.layer for ex in results.values() if ex.layer), None)
-        self.heat = {name: ex.heatmaps() for name, ex in results.items()}
-        self.boxes = {name: None if ex.pixel_space else ex.boxes() for name, ex in results.items()}
-        self.guided = {name: ex.image() for name, ex in results.items() if ex.pixel_space}
-        weighted = next((ex for ex in results.values() if ex.weights is not None), None)
-        self.ranking = None if weighted is None else (weighted.method, weighted.top_channels(5))
-
-    def pictures(self, name: str, row: int, original: np.ndarray) -> dict[str, bytes]:
-        """Heat map, overlay (at the original image's size) and, for pixel-space methods, the guided picture."""
-        heat = self.heat[name][row]
-        at_original = np.clip(ref.upsample(heat[None], original.shape[:2])[0], 0.0, 1.0)
-        pictures = {"heatmap": ref.colormap(heat), "overlay": ref.overlay(original[None], at_original[None])[0]}
-        if name in self.guided:
-            pictures["guided"] = self.guided[name][row]
-        return {kind: png_bytes(picture) for kind, picture in pictures.items()}
+from gradcam.batch.errors import JobError
+from gradcam.batch.job import ExplainJob, method_names
+from gradcam.batch.layout import OutputLayout, Record
+from gradcam.batch.loading import LoadedModel, ModelSpec
+from gradcam.batch.records import BatchOutput, OutputSink, Recorded, read_recorded, remove_outputs, write_summary
+from gradcam.batch.sources import Sources, count_pending, pending_items
 
 
 @dataclass(frozen=True)
@@ -322,7 +69,7 @@ class Progress:
 
     def add(self, output: BatchOutput) -> None:
         for record in output.records:
-            if "error" in record:
+            if Record.is_error(record):
                 tqdm.write(f"gradcam: error: {record['error']}", file=sys.stderr)
         self.done += len(output.records)
         self.failed += output.errors
@@ -364,11 +111,13 @@ def run_explain(
     engines that load the model in other processes.
     """
     if batch_size < 1:
-        raise CommandError(f"--batch-size must be at least 1, got {batch_size}")
+        raise JobError(f"--batch-size must be at least 1, got {batch_size}")
     if npz_shards < 0:
-        raise CommandError(f"--npz-shards must be a number of images per shard, got {npz_shards}")
+        raise JobError(f"--npz-shards must be a number of images per shard, got {npz_shards}")
     if engine.actors < 1 or engine.num_gpus < 0:
-        raise CommandError(f"--actors must be at least 1 and --num-gpus at least 0, got {engine.actors} and {engine.num_gpus:g}")
+        raise JobError(
+            f"--actors must be at least 1 and --num-gpus at least 0, got {engine.actors} and {engine.num_gpus:g}"
+        )
     if engine.name == "ray" and model_spec is None:
         raise ValueError("the ray engine loads the model in its workers: pass model_spec")
     if engine.name == "ray" and engine.num_gpus > 0 and loaded.backend == "torch" and not model_spec.device:
@@ -385,8 +134,11 @@ def run_explain(
     output_dir.mkdir(parents=True, exist_ok=True)
     if overwrite:
         remove_outputs(output_dir)
-    recorded = read_recorded(output_dir / RECORDS_NAME)
-    items = pending_items(sources, recorded, job.output_files(output_dir) if save_maps else None)
+    layout = OutputLayout(output_dir)
+    recorded = read_recorded(layout.records)
+    # with pictures, each input's stem is checked against the inputs: no picture may overwrite one
+    output_files = partial(layout.picture_files, methods=job.methods) if save_maps else None
+    items = pending_items(sources, recorded, output_files)
     progress = Progress()
     sink = OutputSink(output_dir, npz_shards)
 
@@ -408,7 +160,8 @@ def run_explain(
     finally:
         sink.close()
         progress.close()
-    summary = write_summary(output_dir, {"model": loaded.name, "backend": loaded.backend, "methods": names, "image_size": list(size)})
+    run = {"model": loaded.name, "backend": loaded.backend, "methods": names, "image_size": list(size)}
+    summary = write_summary(output_dir, run)
     print(
         f"gradcam: explained {progress.done - progress.failed} of {progress.done} images with {', '.join(names)}; "
         f"results in {output_dir}/ (summary: {summary})"

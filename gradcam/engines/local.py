@@ -13,10 +13,10 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gradcam.cli.explain import Explained, Explainer, ExplainJob
-from gradcam.cli.reader import PrefetchReader
-from gradcam.cli.records import BatchOutput
-from gradcam.cli.sources import InputItem, batched
+from gradcam.batch.job import Explained, Explainer, ExplainJob
+from gradcam.batch.reader import PrefetchReader
+from gradcam.batch.records import BatchOutput
+from gradcam.batch.sources import InputItem, batched
 
 QUEUE_BATCHES = 2
 _END = object()
@@ -66,13 +66,16 @@ class Finisher:
             self._thread.join()
 
 
-def run_local(job: ExplainJob, explainer: Explainer, items: Iterable[InputItem], emit: Callable[[BatchOutput], None]) -> None:
+def run_local(
+    job: ExplainJob, explainer: Explainer, items: Iterable[InputItem], emit: Callable[[BatchOutput], None]
+) -> None:
     """Explain ``items`` batch by batch with ``explainer``; ``emit`` each batch's output, in order, from the
     finisher thread."""
 
     def finish(explained: Explained) -> None:
         emit(explainer.finish(explained))
 
-    with PrefetchReader(batched(items, job.batch_size), job.decode, depth=QUEUE_BATCHES) as reader, Finisher(finish) as finisher:
+    batches = batched(items, job.batch_size)
+    with PrefetchReader(batches, job.decode, depth=QUEUE_BATCHES) as reader, Finisher(finish) as finisher:
         for batch in reader:
             finisher.submit(explainer.run(batch))

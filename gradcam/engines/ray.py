@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from gradcam.cli.explain import ExplainJob
-from gradcam.cli.loading import CommandError
-from gradcam.cli.reader import DecodedBatch
-from gradcam.cli.records import BatchOutput
-from gradcam.cli.sources import InputItem, batched
+from gradcam.batch.errors import JobError
+from gradcam.batch.job import ExplainJob
+from gradcam.batch.layout import PictureKey
+from gradcam.batch.reader import DecodedBatch
+from gradcam.batch.records import BatchOutput
+from gradcam.batch.sources import InputItem, batched
 
 ITEMS_PER_BLOCK = 4096
 Columns = dict[str, np.ndarray]
@@ -71,7 +72,9 @@ def item_columns(items: list[InputItem]) -> Columns:
 def items_from_columns(columns: Columns) -> list[InputItem]:
     return [
         InputItem(str(path), str(name), None if target < 0 else int(target), str(error) or None)
-        for path, name, target, error in zip(columns["path"], columns["name"], columns["target"], columns["item_error"], strict=True)
+        for path, name, target, error in zip(
+            columns["path"], columns["name"], columns["target"], columns["item_error"], strict=True
+        )
     ]
 
 
@@ -110,7 +113,9 @@ def output_columns(output: BatchOutput) -> Columns:
 def output_from_columns(columns: Columns) -> BatchOutput:
     return BatchOutput(
         records=[json.loads(text) for text in columns["record"]],
-        pictures={key[4:]: [bytes(b) for b in values] for key, values in columns.items() if key.startswith("png:")},
+        pictures={
+            PictureKey(key[4:]): [bytes(b) for b in values] for key, values in columns.items() if key.startswith("png:")
+        },
         maps={key[4:]: np.asarray(values, dtype=np.uint8) for key, values in columns.items() if key.startswith("map:")},
     )
 
@@ -166,7 +171,7 @@ def check_cluster(settings: RaySettings, resources: dict[str, float]) -> None:
     """Refuse a pool the cluster cannot hold (Ray would wait for the GPUs forever)."""
     gpus = resources.get("GPU", 0)
     if settings.num_gpus * settings.actors > gpus:
-        raise CommandError(
+        raise JobError(
             f"--actors {settings.actors} with --num-gpus {settings.num_gpus} each need "
             f"{settings.num_gpus * settings.actors:g} GPUs; the Ray cluster has {gpus:g}"
         )
@@ -188,7 +193,7 @@ def connect(settings: RaySettings) -> bool:
         else:
             ray.init(num_cpus=os.cpu_count(), **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise CommandError(f"cannot start or join Ray ({settings.address or 'local'}): {error}") from None
+        raise JobError(f"cannot start or join Ray ({settings.address or 'local'}): {error}") from None
     return True
 
 
@@ -267,7 +272,9 @@ def run_ray(
             emit(output_from_columns(columns))
     except RayError as error:
         cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise CommandError(f"the Ray pipeline failed ({cause}); what was written is kept: run the command again to resume") from None
+        raise JobError(
+            f"the Ray pipeline failed ({cause}); what was written is kept: run the command again to resume"
+        ) from None
     finally:
         if started:
             ray.shutdown()

@@ -1,21 +1,24 @@
-"""Turning the command line's ``--model`` and ``--weights`` into a model, its backend and its preprocessing."""
+"""Turning the command line's ``--model`` and ``--weights`` into a model, its backend and its preprocessing;
+``ModelSpec`` carries those arguments to other processes, which load the model again."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from gradcam.batch.errors import JobError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKEND_ALIASES = {"torch": "torch", "pytorch": "torch", "tensorflow": "tensorflow", "keras": "tensorflow", "jax": "jax", "flax": "jax"}
-
-
-class CommandError(Exception):
-    """A problem the user can fix, reported as one line without a traceback."""
+BACKEND_ALIASES = {
+    "torch": "torch", "pytorch": "torch", "tensorflow": "tensorflow", "keras": "tensorflow", "jax": "jax", "flax": "jax"
+}
 
 
 @dataclass
@@ -32,7 +35,9 @@ class LoadedModel:
     layer: str | None = None
 
 
-def scaled(layout: str, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, scale: float = 1.0):
+def scaled(
+    layout: str, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, scale: float = 1.0
+) -> Callable[[np.ndarray], np.ndarray]:
     """``(N, H, W, 3)`` uint8 -> float32 in ``[0, scale]``, optionally standardised, in ``layout``."""
 
     def prepare(images: np.ndarray) -> np.ndarray:
@@ -48,7 +53,7 @@ def _backend_name(backend: str | None, default: str = "torch") -> str:
     if backend is None:
         return default
     if backend not in BACKEND_ALIASES:
-        raise CommandError(f"unknown backend {backend!r}; choose one of torch, tensorflow, jax")
+        raise JobError(f"unknown backend {backend!r}; choose one of torch, tensorflow, jax")
     return BACKEND_ALIASES[backend]
 
 
@@ -56,7 +61,7 @@ def _require(module: str, spec: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise CommandError(f"--model {spec} needs the package {module!r}, which does not import here ({error})") from None
+        raise JobError(f"--model {spec} needs the package {module!r}, which does not import here ({error})") from None
 
 
 def _default(kind: str, backend: str | None) -> LoadedModel:
@@ -79,8 +84,9 @@ def _default(kind: str, backend: str | None) -> LoadedModel:
 def _torchvision(name: str, spec: str) -> LoadedModel:
     tv = _require("torchvision", spec)
     if not hasattr(tv.models, name):
-        raise CommandError(f"torchvision has no model {name!r}")
-    return LoadedModel(getattr(tv.models, name)(weights=None).eval(), "torch", spec, (224, 224), scaled("NCHW", IMAGENET_MEAN, IMAGENET_STD))
+        raise JobError(f"torchvision has no model {name!r}")
+    model = getattr(tv.models, name)(weights=None).eval()
+    return LoadedModel(model, "torch", spec, (224, 224), scaled("NCHW", IMAGENET_MEAN, IMAGENET_STD))
 
 
 def _timm(name: str, spec: str) -> LoadedModel:
@@ -88,7 +94,7 @@ def _timm(name: str, spec: str) -> LoadedModel:
     try:
         model = timm.create_model(name, pretrained=False).eval()
     except RuntimeError as error:
-        raise CommandError(f"timm cannot build {name!r}: {error}") from None
+        raise JobError(f"timm cannot build {name!r}: {error}") from None
     config = getattr(model, "pretrained_cfg", {}) or {}
     size = tuple(config.get("input_size", (3, 224, 224))[1:])
     mean, std = config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
@@ -99,10 +105,10 @@ def _keras_application(name: str, spec: str) -> LoadedModel:
     keras = _require("keras", spec)
     builder = getattr(keras.applications, name, None)
     if builder is None:
-        raise CommandError(f"keras.applications has no model {name!r}")
+        raise JobError(f"keras.applications has no model {name!r}")
     preprocess = next(
         (
-            getattr(module, "preprocess_input")
+            module.preprocess_input
             for module in vars(keras.applications).values()
             if hasattr(module, name) and hasattr(module, "preprocess_input") and module is not keras.applications
         ),
@@ -120,7 +126,7 @@ def _keras_file(path: Path) -> LoadedModel:
     try:
         model = keras.models.load_model(path)
     except (OSError, ValueError) as error:
-        raise CommandError(f"cannot load the Keras model {path}: {error}") from None
+        raise JobError(f"cannot load the Keras model {path}: {error}") from None
     size = tuple(model.input_shape[1:3]) if None not in model.input_shape[1:3] else (224, 224)
     return LoadedModel(model, "tensorflow", str(path), size, scaled("NHWC"))
 
@@ -130,7 +136,7 @@ def _factory(spec: str) -> LoadedModel:
     if location.endswith(".py"):
         path = Path(location)
         if not path.is_file():
-            raise CommandError(f"--model {spec}: no such file {path}")
+            raise JobError(f"--model {spec}: no such file {path}")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
@@ -138,21 +144,23 @@ def _factory(spec: str) -> LoadedModel:
         try:
             module = importlib.import_module(location)
         except ImportError as error:
-            raise CommandError(f"--model {spec}: cannot import {location!r} ({error})") from None
+            raise JobError(f"--model {spec}: cannot import {location!r} ({error})") from None
     factory = getattr(module, function, None)
     if not callable(factory):
-        raise CommandError(f"--model {spec}: {location} has no function {function!r}")
+        raise JobError(f"--model {spec}: {location} has no function {function!r}")
     model = factory()
     from gradcam.backends import get_backend
 
     try:
         backend = get_backend(model).__name__.rsplit(".", 1)[-1]
     except TypeError as error:
-        raise CommandError(f"--model {spec}: {error}") from None
+        raise JobError(f"--model {spec}: {error}") from None
     return LoadedModel(model, backend, spec, (224, 224), scaled("NCHW" if backend == "torch" else "NHWC"))
 
 
-def load_model(spec: str | None, weights: str | None = None, backend: str | None = None, device: str | None = None) -> LoadedModel:
+def load_model(
+    spec: str | None, weights: str | None = None, backend: str | None = None, device: str | None = None
+) -> LoadedModel:
     """The model named by ``spec`` (see ``gradcam explain --help``) with ``weights`` loaded into it."""
     if spec in (None, "default", "biased"):
         loaded = _default(spec or "default", backend)
@@ -164,12 +172,12 @@ def load_model(spec: str | None, weights: str | None = None, backend: str | None
         loaded = _keras_application(spec.split(":", 1)[1], spec)
     elif spec.endswith(".keras"):
         if not Path(spec).is_file():
-            raise CommandError(f"--model {spec}: no such file")
+            raise JobError(f"--model {spec}: no such file")
         loaded = _keras_file(Path(spec))
     elif ":" in spec:
         loaded = _factory(spec)
     else:
-        raise CommandError(
+        raise JobError(
             f"unknown model {spec!r}; give default, biased, torchvision:NAME, timm:NAME, keras:NAME, "
             "a .keras file, or a factory path/to/file.py:function or package.module:function"
         )
@@ -177,7 +185,7 @@ def load_model(spec: str | None, weights: str | None = None, backend: str | None
         load_weights(loaded, Path(weights))
     if device is not None:
         if loaded.backend != "torch":
-            raise CommandError("--device applies to PyTorch models only")
+            raise JobError("--device applies to PyTorch models only")
         loaded.model = loaded.model.to(device)
     return loaded
 
@@ -185,26 +193,51 @@ def load_model(spec: str | None, weights: str | None = None, backend: str | None
 def load_weights(loaded: LoadedModel, path: Path) -> None:
     """Load a PyTorch state_dict (``torch.load(weights_only=True)``) or Keras weights into the model."""
     if not path.is_file():
-        raise CommandError(f"--weights {path}: no such file")
+        raise JobError(f"--weights {path}: no such file")
     if loaded.backend == "torch":
         import torch
 
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many kinds for a file that is not a state_dict
-            raise CommandError(f"--weights {path}: not a PyTorch state_dict ({type(error).__name__}: {error})") from None
+            raise JobError(f"--weights {path}: not a PyTorch state_dict ({type(error).__name__}: {error})") from None
         if not isinstance(state, dict):
-            raise CommandError(f"--weights {path}: expected a state_dict, found {type(state).__name__}")
+            raise JobError(f"--weights {path}: expected a state_dict, found {type(state).__name__}")
         try:
             loaded.model.load_state_dict(state, strict=True)
         except RuntimeError as error:
             first = str(error).strip().splitlines()
             detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
-            raise CommandError(f"--weights {path} do not fit the model: {detail}") from None
+            raise JobError(f"--weights {path} do not fit the model: {detail}") from None
     elif loaded.backend == "tensorflow":
         try:
             loaded.model.load_weights(path)
         except (OSError, ValueError) as error:
-            raise CommandError(f"--weights {path} do not fit the model: {error}") from None
+            raise JobError(f"--weights {path} do not fit the model: {error}") from None
     else:
-        raise CommandError("--weights is supported for PyTorch and Keras models")
+        raise JobError("--weights is supported for PyTorch and Keras models")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The command line's model arguments, with file paths made absolute, so another process can load the model."""
+
+    model: str | None = None
+    weights: str | None = None
+    backend: str | None = None
+    device: str | None = None
+
+    @classmethod
+    def from_arguments(
+        cls, model: str | None, weights: str | None, backend: str | None, device: str | None
+    ) -> ModelSpec:
+        if model is not None:
+            location, _, function = model.rpartition(":")
+            if location.endswith(".py"):
+                model = f"{os.path.abspath(location)}:{function}"
+            elif model.endswith(".keras"):
+                model = os.path.abspath(model)
+        return cls(model, os.path.abspath(weights) if weights else None, backend, device)
+
+    def load(self) -> LoadedModel:
+        return load_model(self.model, self.weights, self.backend, self.device)

@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from gradcam.cli.sources import InputItem
+from gradcam.batch.sources import InputItem
 from gradcam.images import ImageReadError, read_image, resize
 
 Batch = TypeVar("Batch")
@@ -86,7 +86,9 @@ class PrefetchReader(Generic[Batch, Decoded]):
             raise ValueError(f"depth must be at least 1, got {depth}")
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(batches, decode), name="gradcam-reader", daemon=True)
+        self._thread = threading.Thread(
+            target=self._produce, args=(batches, decode), name="gradcam-reader", daemon=True
+        )
         self._thread.start()
 
     def _produce(self, batches: Iterable[Batch], decode: Callable[[Batch], Decoded]) -> None:

@@ -5,7 +5,8 @@ A data set may hold millions of images, so inputs are never gathered into a list
 iterable that walks folders (``os.scandir``, in the file system's order, one folder open at a time),
 expands glob patterns (``glob.iglob``) and reads manifests line by line, yielding one ``InputItem`` at a
 time. Each item carries a ``name``: the path relative to the folder or pattern root it was found under,
-without its suffix, which names its output files (``sub/cat`` -> ``sub/cat_gradcam_overlay.png``).
+without its suffix, which names its output files (``sub/cat`` -> ``sub/cat_gradcam_overlay.png``; the names are
+``gradcam.batch.layout``'s).
 
 Manifests are a text file of paths (one a line; blank lines and lines starting with ``#`` are skipped) or,
 for a ``.csv`` file, a table with a ``path`` column and an optional ``target`` column (a class index that
@@ -23,8 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 
-from gradcam.cli.loading import CommandError
-from gradcam.cli.records import Recorded
+from gradcam.batch.errors import JobError
+from gradcam.batch.layout import output_stem
+from gradcam.batch.records import Recorded
 from gradcam.images import IMAGE_SUFFIXES
 
 
@@ -50,13 +52,6 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def output_stem(relative: str) -> str:
-    """The stem output files are named by: ``relative`` without its suffix, ``/``-separated, and with no
-    ``..`` (a manifest entry ``../x.png`` must not name files outside the output folder)."""
-    parts = os.path.splitext(os.path.normpath(relative))[0].replace(os.sep, "/").split("/")
-    return "/".join(part for part in parts if part not in ("", ".", "..")) or "image"
-
-
 def walk_images(root: str, folder: str | None = None) -> Iterator[InputItem]:
     """Image files under ``root``, recursively, lazily, named relative to ``root``; symbolic links to folders
     are not followed (no cycles). A folder that cannot be listed becomes an error item, not a silent gap."""
@@ -64,7 +59,8 @@ def walk_images(root: str, folder: str | None = None) -> Iterator[InputItem]:
     try:
         entries = os.scandir(folder)
     except OSError as error:
-        yield InputItem(folder, output_stem(os.path.relpath(folder, root)), error=f"{folder}: cannot list the folder ({error.strerror})")
+        reason = f"{folder}: cannot list the folder ({error.strerror})"
+        yield InputItem(folder, output_stem(os.path.relpath(folder, root)), error=reason)
         return
     with entries:
         for entry in entries:
@@ -99,12 +95,14 @@ class Manifest:
         self.path = Path(path)
         self.is_table = self.path.suffix.lower() == ".csv"
         if not self.path.is_file():
-            raise CommandError(f"--manifest {self.path}: no such file")
+            raise JobError(f"--manifest {self.path}: no such file")
         if self.is_table:
             with self.path.open(newline="", encoding="utf-8") as file:
                 header = next(csv.reader(file), [])
             if "path" not in header:
-                raise CommandError(f"--manifest {self.path}: a CSV manifest needs a 'path' column; its header is {header}")
+                raise JobError(
+                    f"--manifest {self.path}: a CSV manifest needs a 'path' column; its header is {header}"
+                )
 
     def __iter__(self) -> Iterator[InputItem]:
         base = self.path.parent
@@ -112,7 +110,8 @@ class Manifest:
             if self.is_table:
                 rows = csv.DictReader(file)
                 for row in rows:
-                    yield self._item(base, (row.get("path") or "").strip(), (row.get("target") or "").strip(), rows.line_num)
+                    listed, target = (row.get("path") or "").strip(), (row.get("target") or "").strip()
+                    yield self._item(base, listed, target, rows.line_num)
             else:
                 for line, text in enumerate(file, start=1):
                     text = text.strip()
@@ -213,7 +212,7 @@ def pending_items(
 
     With ``output_files`` (stem -> the files an image of that stem may get), each item is renamed to a
     unique stem (``StemRegistry``) and a file that would overwrite an input, or be read as one by the next
-    run, is refused with a ``CommandError``.
+    run, is refused with a ``JobError``.
     """
     stems = StemRegistry(recorded.stems) if output_files is not None else None
     seen: set[str] = set()
@@ -226,7 +225,7 @@ def pending_items(
             item = replace(item, name=stems.claim(item.name))
             for output in output_files(item.name):
                 if sources.would_read(output):
-                    raise CommandError(
+                    raise JobError(
                         f"the output {output} would overwrite an input image, or be read as one by the next run; "
                         "choose another --output-dir"
                     )

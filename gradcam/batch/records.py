@@ -10,12 +10,12 @@ process dies; it is not an ``fsync``, which a power cut would need.)
 Heat maps go to PNG files (one per image and method, for small runs) or, for large runs, into ``.npz``
 shards of many images each, written whole under a temporary name and renamed into place; the records of
 a shard's images are written right after it, so a record never points to a shard that is not there.
+Every file name comes from ``OutputLayout`` (``gradcam.batch.layout``).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from gradcam.cli.loading import CommandError
-
-RECORDS_NAME = "records.jsonl"
-SUMMARY_NAME = "summary.json"
-SHARD_PATTERN = re.compile(r"maps-(\d{5,})\.npz")
+from gradcam.batch.errors import JobError
+from gradcam.batch.layout import OutputLayout, PictureKey, Record
 
 
 def cut_partial_line(path: Path) -> int:
@@ -55,7 +52,7 @@ class RecordWriter:
     """
 
     def __init__(self, output_dir: Path) -> None:
-        self.path = output_dir / RECORDS_NAME
+        self.path = OutputLayout(output_dir).records
         if self.path.is_file():
             cut_partial_line(self.path)
         self._file = self.path.open("a", encoding="utf-8")
@@ -80,8 +77,9 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as error:
-                raise CommandError(
-                    f"{path} line {number} is not a JSON record ({error.msg}); remove the line, or start over with --overwrite"
+                raise JobError(
+                    f"{path} line {number} is not a JSON record ({error.msg}); remove the line, "
+                    "or start over with --overwrite"
                 ) from None
 
 
@@ -109,9 +107,7 @@ def read_recorded(path: Path) -> Recorded:
     recorded = Recorded()
     for record in iter_records(path):
         recorded.paths.add(os.path.abspath(record["path"]))
-        for kinds in (record.get("files") or {}).values():
-            # file names are "<stem>_<method slug>_<kind>.png"; slugs and kinds hold no "_"
-            recorded.stems.update(name.rsplit("_", 2)[0] for name in kinds.values())
+        recorded.stems.update(OutputLayout.stem_of(name) for _, _, name in Record.pictures(record))
     return recorded
 
 
@@ -121,13 +117,14 @@ def write_summary(output_dir: Path, run: dict[str, Any]) -> Path:
     Written record by record (two passes over the records: counts, then the records), so memory stays flat
     however many images there are.
     """
-    source = output_dir / RECORDS_NAME
+    layout = OutputLayout(output_dir)
+    source = layout.records
     images = errors = 0
     for record in iter_records(source):
         images += 1
-        errors += "error" in record
+        errors += Record.is_error(record)
     head = json.dumps({**run, "images": images, "errors": errors}, indent=2, sort_keys=True)
-    path = output_dir / SUMMARY_NAME
+    path = layout.summary
     with path.open("w", encoding="utf-8") as file:
         file.write(head[: head.rfind("}")].rstrip() + ',\n  "records": [')
         for index, record in enumerate(iter_records(source)):
@@ -143,19 +140,19 @@ class BatchOutput:
     Attributes
     ----------
     records : one record per input image, in order (an error record ``{"path", "error"}`` where it failed).
-    pictures : ``"method/kind"`` -> per image, the PNG bytes of the file named in ``records[i]["files"]``
-        (``b""`` where there is none).
+    pictures : ``PictureKey`` (method, kind) -> per image, the PNG bytes of the file named in
+        ``records[i]["files"]`` (``b""`` where there is none).
     maps : method -> ``(n, H, W)`` uint8 heat maps (``round(255 * map)``), for ``.npz`` shards; empty when
         the run writes no shards.
     """
 
     records: list[dict[str, Any]]
-    pictures: dict[str, list[bytes]] = field(default_factory=dict)
+    pictures: dict[PictureKey, list[bytes]] = field(default_factory=dict)
     maps: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def errors(self) -> int:
-        return sum("error" in record for record in self.records)
+        return sum(map(Record.is_error, self.records))
 
 
 class MapShards:
@@ -168,16 +165,15 @@ class MapShards:
     def __init__(self, output_dir: Path, size: int) -> None:
         if size < 1:
             raise ValueError(f"shard size must be at least 1, got {size}")
-        self.output_dir = output_dir
+        self.layout = OutputLayout(output_dir)
         self.size = size
-        existing = [int(m.group(1)) for m in map(SHARD_PATTERN.fullmatch, os.listdir(output_dir)) if m]
-        self.number = max(existing, default=-1) + 1
+        self.number = max(self.layout.shard_numbers(), default=-1) + 1
         self._paths: list[str] = []
         self._maps: dict[str, list[np.ndarray]] = {}
 
     @property
     def name(self) -> str:
-        return f"maps-{self.number:05d}.npz"
+        return OutputLayout.shard_name(self.number)
 
     def add(self, path: str, maps: dict[str, np.ndarray]) -> dict[str, Any]:
         """Queue one image's maps; returns where they will be: ``{"file": shard name, "index": row}``."""
@@ -196,8 +192,8 @@ class MapShards:
         if not self._paths:
             return
         arrays = {method: np.stack(maps) for method, maps in self._maps.items()}
-        final = self.output_dir / self.name
-        partial = final.with_name(final.name + ".partial")
+        final = self.layout.shard(self.number)
+        partial = self.layout.partial(final)
         with partial.open("wb") as file:
             np.savez_compressed(file, paths=np.array(self._paths), **arrays)
         os.replace(partial, final)
@@ -216,16 +212,15 @@ class OutputSink:
 
     def write(self, output: BatchOutput) -> None:
         for i, record in enumerate(output.records):
-            for method, kinds in (record.get("files") or {}).items():
-                for kind, name in kinds.items():
-                    target = self.output_dir / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(output.pictures[f"{method}/{kind}"][i])
+            for method, kind, name in Record.pictures(record):
+                target = self.output_dir / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(output.pictures[PictureKey.of(method, kind)][i])
         if self.shards is None:
             self.records.write(output.records)
             return
         for i, record in enumerate(output.records):
-            if "error" not in record:
+            if not Record.is_error(record):
                 record["maps"] = self.shards.add(record["path"], {m: heat[i] for m, heat in output.maps.items()})
             self._waiting.append(record)
             if self.shards.full:
@@ -246,6 +241,5 @@ class OutputSink:
 
 def remove_outputs(output_dir: Path) -> None:
     """Delete what a previous run wrote that would otherwise be resumed: records, summary and map shards."""
-    for name in os.listdir(output_dir):
-        if name in (RECORDS_NAME, SUMMARY_NAME) or SHARD_PATTERN.fullmatch(name) or name.endswith(".npz.partial"):
-            (output_dir / name).unlink()
+    for path in OutputLayout(output_dir).resume_files():
+        path.unlink()
