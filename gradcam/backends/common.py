@@ -248,6 +248,15 @@ def non_spatial_error(name: str, shape: tuple[int, ...]) -> ValueError:
     )
 
 
+def required_layers(layers: Any) -> list[Any]:
+    """``layer_list(layers)``, refused when empty: a probe reads the layers it is given, and the default layer is
+    chosen once, by the method (``Method.layers_for``), from ``default_layer``."""
+    specs = layer_list(layers)
+    if not specs:
+        raise ValueError("probe needs at least one layer; default_layer(model, x) gives the default")
+    return specs
+
+
 def layer_list(layers: Any) -> list[Any]:
     """A single layer spec or a list of them, as a list."""
     if layers is None:

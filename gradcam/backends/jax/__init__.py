@@ -1,0 +1,291 @@
+"""JAX backend: activations and gradients of a JAX or Flax model as NumPy arrays.
+
+This module keeps the backend contract (``gradcam.backends.contract.Backend``; DESIGN.md sections 5
+and 7): it checks the input, resolves layers and targets with ``gradcam.backends.common`` before any
+compute, and turns the framework's arrays into the canonical NumPy forms. What only JAX needs lives
+beside it, one idea per file:
+
+* ``model``: what a JAX model is (a ``(features, head)`` pair or a Flax module with its variables),
+  its forward with a callback at each layer output (Flax ``intercept_methods``, the module never
+  changed), and the abstract trace that names the layers and the output shape;
+* ``compiled``: the probe as one ``jax.jit`` function (one forward, one ``jax.vjp`` with respect to
+  the layer outputs only), compiled once per model structure and input shape;
+* ``guided``: Guided Backprop and Deconvnet by evaluating the forward's jaxpr with its ReLUs replaced.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from gradcam.backends import common
+from gradcam.backends.jax.compiled import run, trace_count
+from gradcam.backends.jax.model import (
+    CACHE,
+    FEATURES,
+    FlaxModel,
+    JaxModel,
+    ablated_forward,
+    as_model,
+    forward,
+    looks_like_model,
+    resolve_layers,
+    resolve_name,
+    structure_of,
+    trace,
+    variable_paths,
+    variables_of,
+)
+from gradcam.backends.probe import InputGradient, Probe
+
+__all__ = [
+    "NAME",
+    "FEATURES",
+    "JaxModel",
+    "FlaxModel",
+    "is_model",
+    "to_numpy",
+    "input_channel_axis",
+    "layer_names",
+    "layer_shapes",
+    "default_layer",
+    "probe",
+    "input_gradient",
+    "predict",
+    "predict_ablated",
+    "dense_weight",
+]
+
+NAME = "jax"
+
+LAYOUT = "N, H, W, C"
+
+
+def is_model(model: Any) -> bool:
+    """Whether ``model`` is (or looks meant to be) a JAX model: ``JaxModel``, ``FlaxModel``, a pair
+    ``(features, head)`` or ``(module, variables)``, or a bare Flax module / jitted function (refused
+    later with what to pass instead)."""
+    return looks_like_model(model)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """The input batch as float32 NumPy in the model's own layout (NHWC unless ``channel_axis`` says otherwise)."""
+    common.refuse_torch_tensor(x, "JAX", f"{LAYOUT} by default")
+    return np.asarray(x, dtype=np.float32)
+
+
+def input_channel_axis(model: Any) -> int:
+    """The axis of the colour channels in the model's input: its ``channel_axis`` (``-1``, NHWC, by default)."""
+    return as_model(model).channel_axis
+
+
+def layer_names(model: Any) -> list[str]:
+    """``["features"]`` for a ``(features, head)`` pair; for Flax, the paths of the modules that own
+    variables and their parents, in the variables' order (``layer_shapes`` lists every module in
+    execution order, parameter-free ones too, but needs an input)."""
+    jm = as_model(model)
+    return [FEATURES] if isinstance(jm, JaxModel) else variable_paths(jm)
+
+
+def layer_shapes(model: Any, x: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Each layer's output shape for input ``x``, in execution order (a trace, nothing computed).
+
+    A module's place in the order is where its ``__call__`` *finished* (a parent comes after its
+    children) at its last call; outputs that are not one array are left out.
+    """
+    jm = as_model(model)
+    calls = trace(structure_of(jm), variables_of(jm), _as_batch(x)).calls
+    return [(name, call.shape) for name, call in calls.items() if call.shape is not None]
+
+
+def default_layer(model: Any, x: Any) -> str:
+    """The last layer, in execution order, whose output is a spatial map (h, w > 1)."""
+    jm = as_model(model)
+    shapes = layer_shapes(jm, _as_batch(x)[:1])
+    return common.last_spatial(shapes, lambda name, shape: _is_spatial(shape, jm.channel_axis))
+
+
+def predict(model: Any, x: Any, batch_size: int | None = None) -> np.ndarray:
+    """The model's outputs ``(N, ...)`` as float32 NumPy, forward only, jit-compiled.
+
+    ``batch_size`` splits the batch into chunks of that many images; a shorter last chunk is padded
+    to full size (and the padding dropped) so that one compiled shape serves every chunk.
+    """
+    jm = as_model(model)
+    batch = _as_batch(x)
+    structure, variables = structure_of(jm), variables_of(jm)
+    compiled = CACHE.get(("predict", structure), lambda: jax.jit(lambda v, xb: forward(structure, v, xb)))
+
+    def run_chunk(chunk: np.ndarray) -> jax.Array:
+        out = compiled(variables, chunk)
+        if not isinstance(out, jax.Array):
+            raise TypeError(
+                f"the model returned a {type(out).__name__}, not an array; predict needs a model whose "
+                "output is one array"
+            )
+        return out
+
+    return common.predict_in_chunks(run_chunk, batch, batch_size, pad=True)
+
+
+def probe(
+    model: Any,
+    x: Any,
+    layers: Any,
+    target: common.Target = None,
+    reshape: common.Reshape | None = None,
+) -> Probe:
+    """Activations ``A`` and gradients ``G = d y / d A`` at ``layers``: one forward, one ``jax.vjp``, jitted.
+
+    Parameters
+    ----------
+    model
+        ``JaxModel`` / ``(features, head)``, or ``FlaxModel`` / ``(module, variables)``.
+    x
+        A NumPy or JAX batch in the model's layout (NHWC by default).
+    layers
+        ``"features"`` for a pair; for Flax a module path (``"backbone/layer4"``) or a module name
+        unique in the model (``"layer4"``), or a non-empty list of them (``default_layer`` gives the default).
+    target
+        ``None`` (top-1 class per image), an int, one int per image, or a callable
+        ``f(outputs) -> (N,)`` written in ``jax.numpy``. The gradient is that of ``sum_n y_n``.
+    reshape
+        Applied to each layer's activations and gradients (as NumPy, after moving 4-D channels to
+        axis 1) to get ``(N, K, h, w)``, e.g. ``gradcam.vit_reshape`` for ViT tokens.
+
+    Raises
+    ------
+    ValueError
+        No layer, bad input, or a target of the wrong type, count or range (checked before the probe runs).
+    KeyError
+        An unknown or ambiguous layer name (naming the closest ones).
+    """
+    jm = as_model(model)
+    batch = _as_batch(x)
+    specs = common.required_layers(layers)
+    names = resolve_layers(jm, batch, specs)
+    result = run(jm, batch, names, "plain", False, target)
+    return _make_probe(jm, names, result, batch, reshape)
+
+
+def input_gradient(
+    model: Any,
+    x: Any,
+    target: common.Target = None,
+    rule: str = "plain",
+    layers: Any = None,
+    reshape: common.Reshape | None = None,
+) -> InputGradient:
+    """``d y / d x`` as ``(N, C, H, W)`` float32, with the ReLU backward given by ``rule``.
+
+    ``rule``: ``"plain"``; ``"guided"`` (Guided Backprop: a ReLU passes the gradient only where its
+    input > 0 AND the incoming gradient > 0); ``"deconvnet"`` (only where the incoming gradient > 0).
+    The rules act on every ``jax.nn.relu`` (``flax.linen.relu`` is the same function) and every
+    ``jnp.maximum(x, 0)`` of the forward; a model without any is refused. With ``layers``, the same
+    call also returns those layers' activations and *plain* gradients in ``result.probe``.
+    """
+    common.check_rule(rule)
+    jm = as_model(model)
+    batch = _as_batch(x)
+    names = resolve_layers(jm, batch, common.layer_list(layers))
+    result = run(jm, batch, names, rule, True, target)
+    return InputGradient(
+        gradient=common.channels_first(result["input_gradient"], jm.channel_axis),
+        scores=result["scores"],
+        targets=result["targets"].astype(np.int64),
+        logits=result.get("logits"),
+        probe=_make_probe(jm, names, result, batch, reshape) if names else None,
+    )
+
+
+def predict_ablated(model: Any, x: Any, layer: Any, channels: Any) -> np.ndarray:
+    """The model's outputs ``(N, ...)`` with channel ``channels[n]`` of ``layer``'s output set to zero
+    for image ``n`` (``-1``: nothing zeroed), forward only, jitted; the model is not changed.
+
+    Channels count as in the probe's ``(N, K, h, w)`` arrays. A layer that runs more than once in
+    one forward is refused: which of its calls to ablate would be a guess.
+    """
+    jm = as_model(model)
+    batch = _as_batch(x)
+    (name,) = resolve_layers(jm, batch, [layer])
+    structure, axis = structure_of(jm), jm.channel_axis
+    call = trace(structure, variables_of(jm), batch).calls[name]
+    if call.count != 1:
+        raise ValueError(
+            f"layer {name!r} runs {call.count} times in one forward; ablating one of its calls would be a guess, "
+            "choose a layer that runs once"
+        )
+    if len(call.shape) != 4:
+        raise ValueError(f"layer {name!r} outputs shape {call.shape}, not a 4-D map; it cannot be ablated by channel")
+    chosen = np.asarray(channels, dtype=np.int32).reshape(-1)
+    if chosen.shape != (batch.shape[0],):
+        raise ValueError(f"got {chosen.size} channels for a batch of {batch.shape[0]} images; give one per image")
+    compiled = CACHE.get(("ablated", structure, name, axis), lambda: jax.jit(ablated_forward(structure, name, axis)))
+    return np.asarray(compiled(variables_of(jm), batch, chosen), dtype=np.float32)
+
+
+def dense_weight(model: Any, layer: Any) -> np.ndarray:
+    """The ``(classes, inputs)`` weight matrix of a Flax ``Dense`` layer (Flax stores its transpose)."""
+    jm = as_model(model)
+    if isinstance(jm, JaxModel):
+        raise TypeError(
+            "a (features, head) pair has no named dense layer; use a FlaxModel, or GradCAM, which equals "
+            "CAM on a global-average-pooling + dense head"
+        )
+    name = resolve_name(variable_paths(jm), layer)
+    node: Any = jm.variables.get("params", {})
+    for part in name.split("/"):
+        node = node.get(part, {}) if isinstance(node, Mapping) else {}
+    kernel = node.get("kernel") if isinstance(node, Mapping) else None
+    if kernel is None or np.ndim(kernel) != 2:
+        raise ValueError(f"layer {name!r} has no 2-D 'kernel' parameter; it is not a Dense layer")
+    return np.asarray(kernel, dtype=np.float32).T.copy()
+
+
+def _trace_count(model: Any) -> int:
+    """How many times the probes compiled for ``model`` have been traced (for tests)."""
+    return trace_count(structure_of(as_model(model)))
+
+
+def _as_batch(x: Any) -> np.ndarray:
+    return common.checked_batch(to_numpy(x), LAYOUT)
+
+
+def _make_probe(
+    jm: JaxModel | FlaxModel,
+    names: list[str],
+    result: dict[str, Any],
+    batch: np.ndarray,
+    reshape: common.Reshape | None,
+) -> Probe:
+    """The compiled probe's results in the canonical forms: ``(N, K, h, w)`` maps by layer name."""
+    axis = jm.channel_axis
+
+    def canonical(name: str, array: np.ndarray) -> np.ndarray:
+        return common.canonical_map(name, common.channels_first(array, axis), reshape)
+
+    return Probe(
+        activations={n: canonical(n, a) for n, a in zip(names, result["activations"], strict=True)},
+        gradients={n: canonical(n, g) for n, g in zip(names, result["gradients"], strict=True)},
+        scores=result["scores"].astype(np.float32),
+        targets=result["targets"].astype(np.int64),
+        logits=result.get("logits"),
+        input_size=_spatial_size(batch.shape, axis),
+        layers=list(names),
+    )
+
+
+def _spatial_axes(ndim: int, channel_axis: int) -> list[int]:
+    channel = channel_axis % ndim
+    return [axis for axis in range(1, ndim) if axis != channel]
+
+
+def _spatial_size(shape: tuple[int, ...], channel_axis: int) -> tuple[int, int]:
+    h, w = (shape[axis] for axis in _spatial_axes(len(shape), channel_axis))
+    return int(h), int(w)
+
+
+def _is_spatial(shape: tuple[int, ...], channel_axis: int) -> bool:
+    return len(shape) == 4 and all(shape[axis] > 1 for axis in _spatial_axes(4, channel_axis))

@@ -1,0 +1,321 @@
+"""A JAX or Flax model as functions the backend can cut at a layer, and the trace that names its layers.
+
+Why this module exists (DESIGN.md sections 5 and 7):
+
+* A JAX model is a function, so it has no layers to name unless it says where they are. Two kinds
+  do: a pair of pure functions ``(features, head)`` with ``head(features(x))`` the outputs (the
+  layer is the output of ``features``, named ``"features"``), and a Flax ``linen`` module with its
+  variables, whose layers are module paths (``"backbone/layer4"``). ``JaxModel`` and
+  ``FlaxModel`` hold them with their channel axis; plain tuples are the shorthand for NHWC.
+* A Flax module is never changed. ``flax.linen.intercept_methods`` sees every submodule's
+  ``__call__`` during one trace and hands each output to a callback, which may pass it on changed
+  (the probe adds a zero to take the gradient there, the ablation zeroes a channel).
+* A layer called more than once in one forward is taken at its **last** call, as in the torch backend.
+* The layers, their output shapes and the model's output shape come from one abstract trace
+  (``jax.eval_shape``: nothing computed), cached per input shape; the output shape lets class targets
+  be checked against the number of classes before the compiled probe runs.
+* Compiled functions close over the model *without* its variables (``Structure``), which is their
+  cache key: a fresh ``(module, variables)`` tuple per call finds the function compiled for an equal module.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradcam.backends import common
+
+FEATURES = "features"
+
+# compiled probes, forwards and traced layer lists kept at once; the least recently used goes first
+CACHE = common.LRUCache(64)
+
+OnOutput = Callable[[str, int, Any], Any]
+
+
+@dataclass(frozen=True)
+class JaxModel:
+    """A JAX model split at its feature layer: the outputs are ``head(features(x))``.
+
+    Parameters
+    ----------
+    features, head
+        Pure functions of JAX arrays (parameters closed over or bound with ``functools.partial``).
+        The layer they meet at is called ``"features"``.
+    channel_axis
+        Axis of the channels in ``x`` and in the features (``-1``: NHWC, as Flax; ``1``: NCHW).
+    """
+
+    features: Callable[[Any], Any]
+    head: Callable[[Any], Any]
+    channel_axis: int = -1
+
+
+@dataclass(frozen=True)
+class FlaxModel:
+    """A Flax ``linen`` module with its variables; layers are module paths such as ``"backbone/layer4"``.
+
+    Parameters
+    ----------
+    module, variables
+        What ``module.apply(variables, x)`` takes.
+    channel_axis
+        Axis of the channels in ``x`` and in the layer outputs (``-1``: NHWC, Flax's own layout).
+    method
+        The module method to apply (``None``: ``__call__``).
+    apply_kwargs
+        Static keyword arguments of every ``apply`` (e.g. ``{"train": False}``); hashable values.
+    """
+
+    module: Any
+    variables: Mapping[str, Any]
+    channel_axis: int = -1
+    method: str | Callable[..., Any] | None = None
+    apply_kwargs: Mapping[str, Hashable] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """What a compiled function closes over: the model without its variables.
+
+    It is the cache key, so it hashes and compares by value where it can. A module with unhashable
+    attributes (a list field) is keyed by identity instead.
+    """
+
+    kind: str  # "pair" | "flax"
+    features: Any = None
+    head: Any = None
+    module: Any = None
+    method: Any = None
+    apply_kwargs: tuple[tuple[str, Hashable], ...] = ()
+
+    def __post_init__(self) -> None:
+        module_key: Any = self.module
+        try:
+            hash(module_key)
+        except TypeError:
+            module_key = _Identity(self.module)
+        key = (self.kind, self.features, self.head, module_key, self.method, self.apply_kwargs)
+        object.__setattr__(self, "_key", key)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Structure) and self._key == other._key
+
+
+class _Identity:
+    """Hashes and compares by identity (and keeps its object alive, so that no other takes its id)."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
+
+
+class LayerCall(NamedTuple):
+    """How often a layer ran in one forward, and its output's shape and dtype (None: not one array)."""
+
+    count: int
+    shape: tuple[int, ...] | None
+    dtype: Any
+
+
+class Trace(NamedTuple):
+    """One abstract forward: ``name -> LayerCall`` in execution order, and the model's output shape
+    (None when the output is not one array)."""
+
+    calls: dict[str, LayerCall]
+    output_shape: tuple[int, ...] | None
+
+
+def looks_like_model(model: Any) -> bool:
+    """Whether ``model`` is, or looks meant to be, a JAX model (a bare one is refused by ``as_model``)."""
+    return isinstance(model, (JaxModel, FlaxModel)) or _is_pair(model) or _is_bare(model)
+
+
+def as_model(model: Any) -> JaxModel | FlaxModel:
+    """``model`` as a ``JaxModel`` or ``FlaxModel``; what cannot be split at a layer is refused."""
+    if isinstance(model, (JaxModel, FlaxModel)):
+        return model
+    if _is_pair(model):
+        first, second = model
+        return FlaxModel(first, second) if _is_flax_module(first) else JaxModel(first, second)
+    if _is_bare(model):
+        raise TypeError(
+            "this JAX model does not say where its layers are: pass (features, head), two functions with "
+            "head(features(x)) the outputs (or gradcam.backends.jax.JaxModel), or a Flax module with its "
+            "variables as (module, variables) (or gradcam.backends.jax.FlaxModel)"
+        )
+    raise TypeError(
+        f"the jax backend explains a (features, head) pair or a Flax (module, variables) pair, "
+        f"got {type(model).__module__}.{type(model).__qualname__}"
+    )
+
+
+def _is_pair(model: Any) -> bool:
+    if not isinstance(model, tuple) or len(model) != 2:
+        return False
+    first, second = model
+    if _is_flax_module(first):
+        return isinstance(second, Mapping)
+    return callable(first) and callable(second)
+
+
+def _is_bare(model: Any) -> bool:
+    return _is_flax_module(model) or (callable(model) and type(model).__module__.split(".")[0] in ("jax", "jaxlib"))
+
+
+def _is_flax_module(obj: Any) -> bool:
+    # a linen module can only exist if flax.linen was imported; nothing is imported to find out
+    linen = sys.modules.get("flax.linen")
+    return linen is not None and isinstance(obj, linen.Module)
+
+
+def structure_of(jm: JaxModel | FlaxModel) -> Structure:
+    """The model without its variables: what a compiled function closes over, and its cache key."""
+    if isinstance(jm, JaxModel):
+        return Structure("pair", features=jm.features, head=jm.head)
+    kwargs = tuple(sorted(jm.apply_kwargs.items()))
+    try:
+        hash(kwargs)
+    except TypeError:
+        raise TypeError(
+            "FlaxModel.apply_kwargs must hold static, hashable values (flags such as train=False); "
+            "pass arrays through the variables"
+        ) from None
+    return Structure("flax", module=jm.module, method=jm.method, apply_kwargs=kwargs)
+
+
+def variables_of(jm: JaxModel | FlaxModel) -> Any:
+    """The argument a compiled function takes for the model's variables (None for a pair)."""
+    return jm.variables if isinstance(jm, FlaxModel) else None
+
+
+def variable_paths(jm: FlaxModel) -> list[str]:
+    """The paths of the modules that own variables and their parents, in the variables' order."""
+    names: dict[str, None] = {}
+
+    def visit(tree: Mapping[str, Any], prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, Mapping):
+                names.setdefault(prefix + key, None)
+                visit(value, prefix + key + "/")
+
+    for collection in jm.variables.values():
+        visit(collection, "")
+    return list(names)
+
+
+def forward(structure: Structure, variables: Any, x: Any, on_output: OnOutput | None = None) -> Any:
+    """The model's outputs; each layer output passes through ``on_output(name, call_index, output)``."""
+    if structure.kind == "pair":
+        features = structure.features(x)
+        if on_output is not None:
+            features = on_output(FEATURES, 0, features)
+        return structure.head(features)
+    import flax.linen as nn
+
+    kwargs = dict(structure.apply_kwargs)
+    if on_output is None:
+        return structure.module.apply(variables, x, method=structure.method, **kwargs)
+    calls: collections.Counter[str] = collections.Counter()
+
+    def interceptor(next_fun: Callable[..., Any], args: Any, kw: Any, context: Any) -> Any:
+        output = next_fun(*args, **kw)
+        path = context.module.path
+        if context.method_name != "__call__" or not path:
+            return output
+        name = "/".join(path)
+        calls[name] += 1
+        return on_output(name, calls[name] - 1, output)
+
+    with nn.intercept_methods(interceptor):
+        return structure.module.apply(variables, x, method=structure.method, **kwargs)
+
+
+def ablated_forward(structure: Structure, name: str, channel_axis: int) -> Callable[..., Any]:
+    """``(variables, x, channels) -> outputs`` with channel ``channels[n]`` of layer ``name`` zeroed in image ``n``."""
+
+    def run(variables: Any, x: jax.Array, channels: jax.Array) -> Any:
+        def ablate(layer: str, index: int, output: Any) -> Any:
+            if layer != name:
+                return output
+            keep = 1 - jax.nn.one_hot(channels, output.shape[channel_axis], dtype=output.dtype)
+            return output * jnp.moveaxis(keep[:, None, None, :], -1, channel_axis)
+
+        return forward(structure, variables, x, ablate)
+
+    return run
+
+
+def trace(structure: Structure, variables: Any, x: Any) -> Trace:
+    """Every layer with its calls, and the output shape, for ``x``'s shape (traced once per shape, cached)."""
+    key = ("trace", structure, tuple(x.shape), str(x.dtype))
+    return CACHE.get(key, lambda: _trace(structure, variables, x))
+
+
+def _trace(structure: Structure, variables: Any, x: Any) -> Trace:
+    calls: dict[str, LayerCall] = {}
+
+    def record(name: str, index: int, output: Any) -> Any:
+        # re-inserted at each call, so that the order is that of the last calls
+        calls.pop(name, None)
+        calls[name] = LayerCall(index + 1, *_shape_dtype(output))
+        return output
+
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (variables, x))
+    output = jax.eval_shape(lambda v, xb: forward(structure, v, xb, record), *abstract)
+    return Trace(calls, _shape_dtype(output)[0])
+
+
+def _shape_dtype(value: Any) -> tuple[tuple[int, ...] | None, Any]:
+    if isinstance(value, jax.ShapeDtypeStruct) or hasattr(value, "aval"):
+        return tuple(int(d) for d in value.shape), value.dtype
+    return None, None
+
+
+def resolve_layers(jm: JaxModel | FlaxModel, batch: np.ndarray, specs: list[Any]) -> list[str]:
+    """Canonical names of the requested layers, in the order given, without repeats."""
+    if not specs:
+        return []
+    calls = trace(structure_of(jm), variables_of(jm), batch).calls
+    resolved: dict[str, None] = {}
+    for spec in specs:
+        try:
+            name = resolve_name(list(calls), spec)
+        except KeyError:
+            _refuse_if_not_called(jm, spec)
+            raise
+        if calls[name].shape is None:
+            raise TypeError(f"layer {name!r} does not return one array; choose a module whose output is one array")
+        resolved.setdefault(name, None)
+    return list(resolved)
+
+
+def _refuse_if_not_called(jm: JaxModel | FlaxModel, spec: str) -> None:
+    """The "did not run" error for a module that owns variables but was not called in this forward."""
+    if isinstance(jm, FlaxModel):
+        try:
+            name = common.resolve_path(variable_paths(jm), spec)
+        except KeyError:
+            return
+        raise common.layers_did_not_run([name]) from None
+
+
+def resolve_name(names: list[str], spec: Any) -> str:
+    """The one layer in ``names`` that ``spec`` (a path, or a module name unique in the model) names."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a JAX layer is a name or a module path such as 'backbone/layer4', got {type(spec).__name__}")
+    return common.resolve_path(names, spec)
