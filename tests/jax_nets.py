@@ -1,40 +1,23 @@
-"""Small JAX and Flax models for the backend tests: pairs of functions and ``linen`` modules."""
+"""Small JAX and Flax models for the backend tests: pairs of functions and ``linen`` modules.
+
+Also the independent references the tests compare the backend with (``jax.grad`` by hand, models split at a
+layer). The hand-worked numbers come from ``seeds.py``; the models are channels last (NHWC), Flax's layout.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from seeds import HAND_T, HAND_U, SEED_A, SEED_ALPHA, SEED_W
 
-# seed 000 (DESIGN.md section 4): two 3x3 channels and the weights alpha of a linear head
-SEED_A = np.array(
-    [
-        [[1, 0, 2], [3, 5, 0], [1, 1, 1]],
-        [[0, 1, 0], [3, 1, 0], [1, 0, 1]],
-    ],
-    dtype=np.float32,
-)
-SEED_ALPHA = np.array([1 / 3, -2 / 3], dtype=np.float32)
-SEED_L = np.array([[1 / 3, 0, 2 / 3], [0, 1, 0], [0, 1 / 3, 0]])
 SEED_X = SEED_A.transpose(1, 2, 0)[None]  # A as one NHWC image
 
-# hand-worked Guided Backprop / Deconvnet example on four values (the same as the torch tests'):
-#   x = [1, -2, 3, 4];  r1 = relu(x) = [1, 0, 3, 4];  z2 = t * r1 = [1, 0, -3, 4], t = [1, 1, -1, 1]
-#   r2 = relu(z2) = [1, 0, 0, 4];  y = sum(u * r2), u = [2, 3, 5, -1]
-#   plain:     g(r2) = u -> mask z2 > 0 -> [2, 0, 0, -1] -> * t -> [2, 0, 0, -1] -> mask x > 0 -> [2, 0, 0, -1]
-#   guided:    [2, 0, 0, 0] (z2 > 0 and g > 0) -> * t -> [2, 0, 0, 0] -> (x > 0 and g > 0) -> [2, 0, 0, 0]
-#   deconvnet: max(u, 0) = [2, 3, 5, 0] -> * t -> [2, 3, -5, 0] -> max(., 0) -> [2, 3, 0, 0]
-HAND_X = np.array([1, -2, 3, 4], dtype=np.float32).reshape(1, 1, 1, 4)  # NHWC: one pixel, four channels
-HAND_T = np.array([1, 1, -1, 1], dtype=np.float32)
-HAND_U = np.array([2, 3, 5, -1], dtype=np.float32)
-HAND_GRADIENTS = {
-    "plain": [2, 0, 0, -1],
-    "guided": [2, 0, 0, 0],
-    "deconvnet": [2, 3, 0, 0],
-}
+# how many times a CountingNet has run: a callback counts executions, which an abstract trace does not make
+RUNS = [0]
 
 
 def seed_pair() -> tuple[Callable, Callable]:
@@ -67,6 +50,20 @@ class SeedNet(nn.Module):
 def seed_flax() -> tuple[nn.Module, dict]:
     # the flattened NHWC index of A[i, j, k] is (3 i + j) 2 + k, so the kernel repeats alpha
     return SeedNet(), {"params": {"head": {"kernel": jnp.asarray(np.tile(SEED_ALPHA, 9)[:, None])}}}
+
+
+class SeedDenseNet(nn.Module):
+    """Seed 000's second example: an ``Identity`` named ``features`` on ``O`` (N, 2, 2, 1) and a bias-free ``Dense``
+    head ``y1 = sum_ij O_ij W_ij`` with ``W = (0, 1, 0, 1)``."""
+
+    @nn.compact
+    def __call__(self, x):
+        o = Identity(name="features")(x)
+        return nn.Dense(1, use_bias=False, name="head")(o.reshape(o.shape[0], -1))
+
+
+def seed_dense_flax() -> tuple[nn.Module, dict]:
+    return SeedDenseNet(), {"params": {"head": {"kernel": jnp.asarray(SEED_W[:, None])}}}
 
 
 class Block(nn.Module):
@@ -131,6 +128,12 @@ def small_net(seed: int = 0) -> tuple[SmallNet, dict]:
     return module, numpy_init(module, (1, 16, 16, 3), seed)
 
 
+def split_small_net(module: SmallNet, variables: dict, x: np.ndarray) -> tuple[np.ndarray, Callable[[Any], Any]]:
+    """``SmallNet`` split at ``conv3`` through its own ``features`` / ``head`` methods."""
+    activation = module.apply(variables, x, method=SmallNet.features)
+    return np.asarray(activation), lambda a: module.apply(variables, a, method=SmallNet.head)
+
+
 class SharedConvNet(nn.Module):
     """One ``Conv`` module called twice in the forward."""
 
@@ -146,6 +149,72 @@ class SharedConvNet(nn.Module):
 def shared_conv_net(seed: int = 0) -> tuple[SharedConvNet, dict]:
     module = SharedConvNet()
     return module, numpy_init(module, (1, 8, 8, 3), seed)
+
+
+def split_shared_conv(module: SharedConvNet, variables: dict, x: np.ndarray) -> tuple[np.ndarray, Callable]:
+    """The output of the second call of ``conv`` for ``x`` and the head from there to the logits."""
+
+    def conv(h):
+        return module.apply(variables, h, method=lambda m, v: m.conv(v))
+
+    params = variables["params"]
+
+    def head(h):
+        return jnp.mean(h, axis=(1, 2)) @ params["fc"]["kernel"] + params["fc"]["bias"]
+
+    return np.asarray(conv(jax.nn.relu(conv(x)))), head
+
+
+def _count_run() -> None:
+    RUNS[0] += 1
+
+
+class CountingNet(nn.Module):
+    """A small conv net with two classes that counts in ``RUNS`` how many times it has run."""
+
+    @nn.compact
+    def __call__(self, x):
+        jax.debug.callback(_count_run)
+        h = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        return nn.Dense(2, name="fc")(jnp.mean(h, axis=(1, 2)))
+
+
+def counting_net(seed: int = 0) -> tuple[CountingNet, dict]:
+    module = CountingNet()
+    return module, numpy_init(module, (1, 8, 8, 3), seed)
+
+
+class Segmenter(nn.Module):
+    """A per-pixel classifier: ``body`` (3x3 conv) -> ReLU -> a 1x1 conv to two class maps (N, 8, 8, 2)."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Conv(4, (3, 3), name="body")(x))
+        return nn.Conv(2, (1, 1), name="classes")(h)
+
+
+def segmenter(seed: int = 0) -> tuple[Segmenter, dict]:
+    module = Segmenter()
+    return module, numpy_init(module, (1, 8, 8, 3), seed)
+
+
+def region(out):
+    """A ``Segmenter`` target: the class-1 map summed over rows and columns 2..4, one score per image."""
+    return jnp.sum(out[:, 2:5, 2:5, 1], axis=(1, 2))
+
+
+def token_pair() -> tuple[Callable, Callable]:
+    """The pixels as tokens: ``features`` outputs (N, H*W, C) and the head averages them, so the gradient of
+    output ``c`` is ``1/(H*W)`` on channel ``c`` of every token."""
+
+    def features(x):
+        n, h, w, c = x.shape
+        return x.reshape(n, h * w, c)
+
+    def head(tokens):
+        return jnp.mean(tokens, axis=1)
+
+    return features, head
 
 
 class ListWidthsNet(nn.Module):
@@ -177,16 +246,21 @@ class TupleLayerNet(nn.Module):
 
 
 class Exploding(nn.Module):
-    """Raises in ``__call__`` after its convolution (to check that nothing is left behind after an error)."""
+    """Raises in ``__call__`` after its convolution and a ReLU (to check that nothing is left behind after an
+    error, whatever the ReLU rule)."""
 
     @nn.compact
     def __call__(self, x):
-        nn.Conv(2, (3, 3), name="conv")(x)
+        nn.relu(nn.Conv(2, (3, 3), name="conv")(x))
         raise RuntimeError("boom")
 
 
+def exploding_model() -> tuple[Exploding, dict]:
+    return Exploding(), {"params": {"conv": {"kernel": jnp.ones((3, 3, 3, 2)), "bias": jnp.zeros(2)}}}
+
+
 def hand_relu_pair(kind: str) -> tuple[Callable, Callable]:
-    """``y = sum(u * relu(t * relu(x)))`` with ``x`` the features, the ReLU written as ``kind``.
+    """``y = sum(u * relu(t * relu(x)))`` (``seeds.HAND_*``) with ``x`` the features, the ReLU written as ``kind``.
 
     ``kind``: ``"jax.nn.relu"``, ``"maximum"`` (``jnp.maximum(x, 0.0)``), ``"jit"`` (``jax.nn.relu``
     inside a jitted function) or ``"checkpoint"`` (inside ``jax.checkpoint``).
@@ -240,6 +314,33 @@ def scanned_relu_pair() -> tuple[Callable, Callable]:
         return jnp.sum(out, axis=(1, 2, 3))[:, None]
 
     return features, head
+
+
+def gradient_by_hand(head: Callable, activation: np.ndarray, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, d sum_n y_n / d A)`` for ``y_n = head(A)[n, targets[n]]``, by ``jax.grad`` from the layer on."""
+
+    def total(a):
+        scores = jnp.take_along_axis(head(a), jnp.asarray(targets)[:, None], axis=1)[:, 0]
+        return jnp.sum(scores), scores
+
+    (_, scores), grad = jax.value_and_grad(total, has_aux=True)(jnp.asarray(activation))
+    return np.asarray(scores), np.asarray(grad)
+
+
+def input_gradient_by_hand(model: tuple[nn.Module, dict], x: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """``d sum_n y_n / d x`` for ``y_n = module.apply(variables, x)[n, targets[n]]``, by ``jax.grad``."""
+    module, variables = model
+
+    def total(xb):
+        return jnp.sum(jnp.take_along_axis(module.apply(variables, xb), jnp.asarray(targets)[:, None], axis=1))
+
+    return np.asarray(jax.grad(total)(jnp.asarray(x)))
+
+
+def logits(model: tuple[nn.Module, dict], x: np.ndarray) -> np.ndarray:
+    """The outputs of a ``(module, variables)`` model for a NumPy batch, as NumPy."""
+    module, variables = model
+    return np.asarray(module.apply(variables, x))
 
 
 def images(n: int = 2, size: int = 16, seed: int = 0) -> np.ndarray:

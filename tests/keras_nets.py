@@ -1,39 +1,20 @@
-"""Small Keras models for the backend tests: each one exercises a different way Keras models are written."""
+"""Small Keras models for the backend tests: each one exercises a different way Keras models are written.
+
+Also the independent references the tests compare the backend with (``tf.GradientTape`` by hand, models split at
+a layer) and a snapshot of the layer attributes the backend may patch. The hand-worked numbers come from
+``seeds.py``; the models are channels last (NHWC), Keras's default.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+from seeds import HAND_T, HAND_U, SEED_ALPHA, SEED_W
 
-# seed 000 (DESIGN.md section 4): two 3x3 channels and the weights alpha of a linear head
-SEED_A = np.array(
-    [
-        [[1, 0, 2], [3, 5, 0], [1, 1, 1]],
-        [[0, 1, 0], [3, 1, 0], [1, 0, 1]],
-    ],
-    dtype=np.float32,
-)
-SEED_ALPHA = np.array([1 / 3, -2 / 3], dtype=np.float32)
-SEED_L = np.array([[1 / 3, 0, 2 / 3], [0, 1, 0], [0, 1 / 3, 0]])
-
-# seed 000's second example: y1 = O11 W11 + O12 W12 + O21 W13 + O22 W14 with W = (0, 1, 0, 1)
-SEED_W = np.array([0, 1, 0, 1], dtype=np.float32)
-SEED_DY_DO = np.array([[0, 1], [0, 1]], dtype=np.float32)
-
-# hand-worked Guided Backprop / Deconvnet example on four values (the same as the torch tests'):
-#   x = [1, -2, 3, 4];  r1 = relu(x) = [1, 0, 3, 4];  z2 = t * r1 = [1, 0, -3, 4], t = [1, 1, -1, 1]
-#   r2 = relu(z2) = [1, 0, 0, 4];  y = sum(u * r2), u = [2, 3, 5, -1]
-#   plain:     g(r2) = u -> mask z2 > 0 -> [2, 0, 0, -1] -> * t -> [2, 0, 0, -1] -> mask x > 0 -> [2, 0, 0, -1]
-#   guided:    [2, 0, 0, 0] (z2 > 0 and g > 0) -> * t -> [2, 0, 0, 0] -> (x > 0 and g > 0) -> [2, 0, 0, 0]
-#   deconvnet: max(u, 0) = [2, 3, 5, 0] -> * t -> [2, 3, -5, 0] -> max(., 0) -> [2, 3, 0, 0]
-HAND_X = np.array([1, -2, 3, 4], dtype=np.float32).reshape(1, 1, 1, 4)  # NHWC: one pixel, four channels
-HAND_T = np.array([1, 1, -1, 1], dtype=np.float32)
-HAND_U = np.array([2, 3, 5, -1], dtype=np.float32)
-HAND_GRADIENTS = {
-    "plain": [2, 0, 0, -1],
-    "guided": [2, 0, 0, 0],
-    "deconvnet": [2, 3, 0, 0],
-}
+from gradcam.backends import tensorflow as backend
 
 
 def seed_model() -> keras.Model:
@@ -55,6 +36,55 @@ def seed_dense_model() -> keras.Model:
     y = head(keras.layers.Flatten()(features))
     head.kernel.assign(SEED_W[:, None])
     return keras.Model(inputs, y)
+
+
+def segmenter(seed: int = 0) -> keras.Model:
+    """A per-pixel classifier: ``body`` (3x3 conv) -> ReLU -> a 1x1 conv to two class maps (N, 8, 8, 2)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.ReLU(name="relu")(keras.layers.Conv2D(4, 3, padding="same", name="body")(inputs))
+    return keras.Model(inputs, keras.layers.Conv2D(2, 1, name="classes")(h), name="segmenter")
+
+
+def region(out: tf.Tensor) -> tf.Tensor:
+    """A ``segmenter`` target: the class-1 map summed over rows and columns 2..4, one score per image."""
+    return tf.reduce_sum(out[:, 2:5, 2:5, 1], axis=(1, 2))
+
+
+class Counting(keras.layers.Layer):
+    """The identity, counting in a variable how many times a graph that calls it has run (a trace does not)."""
+
+    def build(self, input_shape):
+        self.runs = self.add_weight(shape=(), initializer="zeros", trainable=False, name="runs")
+
+    def call(self, x):
+        self.runs.assign_add(1.0)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def counting_model(seed: int = 0) -> keras.Model:
+    """Conv ``conv`` -> ReLU -> ``Counting`` -> global average pool -> Dense with two classes."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.ReLU(name="relu")(keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs))
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(Counting(name="counting")(h))
+    return keras.Model(inputs, keras.layers.Dense(2, name="fc")(h), name="counting_model")
+
+
+def runs(model: keras.Model) -> int:
+    """How many times the graphs around ``counting_model``'s ``Counting`` layer have run."""
+    return int(model.get_layer("counting").runs.numpy())
+
+
+def token_net() -> keras.Model:
+    """The pixels as tokens: ``tokens`` outputs (N, 16, 3) for a 4x4 image and the head averages them, so the
+    gradient of output ``c`` is ``1/16`` on channel ``c`` of every token."""
+    inputs = keras.Input((4, 4, 3))
+    tokens = keras.layers.Reshape((16, 3), name="tokens")(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling1D(name="mean")(tokens), name="token_net")
 
 
 def sequential_cnn(classes: int = 5, seed: int = 0) -> keras.Sequential:
@@ -102,6 +132,16 @@ def functional_cnn(classes: int = 5, seed: int = 0) -> keras.Model:
     return keras.Model(inputs, outputs, name="functional_cnn")
 
 
+def split_functional_cnn(model: keras.Model, x: np.ndarray) -> tuple[np.ndarray, Callable[[Any], Any]]:
+    """``functional_cnn`` cut at ``conv3``: that layer's output for ``x`` and the head from there to the logits."""
+    activation = keras.Model(model.inputs[0], model.get_layer("conv3").output)(x, training=False).numpy()
+
+    def head(a):
+        return model.get_layer("fc2")(model.get_layer("fc1")(model.get_layer("gap")(a)))
+
+    return activation, head
+
+
 class SubclassedCNN(keras.Model):
     """A subclassed model whose ``call`` wires its layers by hand (no ``training`` argument)."""
 
@@ -134,6 +174,12 @@ class SharedReluCNN(keras.Model):
 
     def call(self, x):
         return self.fc(self.gap(self.relu(self.conv2(self.relu(self.conv1(x))))))
+
+
+def split_shared_relu(model: SharedReluCNN, x: np.ndarray) -> tuple[np.ndarray, Callable[[Any], Any]]:
+    """The output of the second call of ``relu`` for ``x`` and the head from there to the logits."""
+    second = model.relu(model.conv2(model.relu(model.conv1(x)))).numpy()
+    return second, lambda a: model.fc(model.gap(a))
 
 
 class HiddenReluCNN(keras.Model):
@@ -171,7 +217,8 @@ def exploding_model() -> keras.Model:
 
 
 def hand_relu_model(kind: str) -> keras.Model:
-    """``y = sum(u * relu(t * relu(x)))`` on the four channels of one pixel, with the ReLUs written as ``kind``.
+    """``y = sum(u * relu(t * relu(x)))`` (``seeds.HAND_*``) on the four channels of one pixel, with the ReLUs
+    written as ``kind``.
 
     ``kind``: ``"relu_layer"`` (``ReLU()``), ``"activation_layer"`` (``Activation("relu")``),
     ``"conv_activation"`` (1x1 ``Conv2D(activation="relu")``) or ``"dense_activation"``
@@ -217,6 +264,38 @@ def token_model(seed: int = 0) -> keras.Model:
     pooled = keras.layers.GlobalAveragePooling1D(name="pool")(tokens)
     outputs = keras.layers.Dense(3, name="fc")(pooled)
     return keras.Model(inputs, outputs)
+
+
+def gradient_by_hand(
+    head: Callable[[Any], Any], activation: np.ndarray, targets: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, d sum_n y_n / d A)`` for ``y_n = head(A)[n, targets[n]]``, eagerly, from the layer on."""
+    a = tf.constant(activation)
+    with tf.GradientTape() as tape:
+        tape.watch(a)
+        scores = tf.gather(head(a), np.asarray(targets), batch_dims=1)
+        total = tf.reduce_sum(scores)
+    return scores.numpy(), tape.gradient(total, a).numpy()
+
+
+def input_gradient_by_hand(model: keras.Model, x: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """``d sum_n y_n / d x`` for ``y_n = model(x)[n, targets[n]]``, by ``tf.GradientTape``."""
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        total = tf.reduce_sum(tf.gather(model(xt, training=False), np.asarray(targets), batch_dims=1))
+    return tape.gradient(total, xt).numpy()
+
+
+def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The model's outputs for a NumPy batch in inference mode, as NumPy."""
+    return model(x, training=False).numpy()
+
+
+def layer_state(model: keras.Model) -> list[tuple[str, dict]]:
+    """Each layer's own attributes that the backend may set while it traces: ``call`` and ``activation``."""
+    paths = backend._layer_paths(model)
+    return [(n, {k: vars(layer)[k] for k in ("call", "activation") if k in vars(layer)}) for n, layer in paths.items()]
 
 
 def _randomize_batch_norm(layer: keras.layers.BatchNormalization, seed: int) -> None:

@@ -1,22 +1,19 @@
-"""Small PyTorch models for the backend tests: each one exercises a different way models are written."""
+"""Small PyTorch models for the backend tests: each one exercises a different way models are written.
+
+Also the independent references the tests compare the backend with (autograd by hand, the model split at a
+layer) and a snapshot of everything the backend must leave as it found it. The hand-worked numbers come from
+``seeds.py``.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from seeds import HAND_T, HAND_U, SEED_ALPHA, SEED_W
 from torch import nn
-
-# seed 000 (DESIGN.md section 4): two 3x3 channels and the weights alpha of a linear head
-SEED_A = np.array(
-    [
-        [[1, 0, 2], [3, 5, 0], [1, 1, 1]],
-        [[0, 1, 0], [3, 1, 0], [1, 0, 1]],
-    ],
-    dtype=np.float32,
-)
-SEED_ALPHA = np.array([1 / 3, -2 / 3], dtype=np.float32)
 
 
 class SeedNet(nn.Module):
@@ -31,6 +28,20 @@ class SeedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).sum(dim=(2, 3)))
+
+
+class SeedDenseNet(nn.Module):
+    """Input ``O`` (N, 1, 2, 2) -> identity ``features`` -> ``y1 = sum_ij O_ij W_ij`` with ``W = (0, 1, 0, 1)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.head = nn.Linear(4, 1, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.from_numpy(SEED_W)[None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
 
 
 class BasicBlock(nn.Module):
@@ -69,6 +80,17 @@ class SmallResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer2(self.layer1(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def split_small_resnet(model: SmallResNet, x: np.ndarray) -> tuple[np.ndarray, Callable[[torch.Tensor], Any]]:
+    """``SmallResNet`` cut at ``layer2``: that layer's output for ``x`` and the head from there to the logits."""
+    with torch.no_grad():
+        a = model.layer2(model.layer1(model.relu(model.bn1(model.conv1(torch.as_tensor(x))))))
+
+    def head(t: torch.Tensor) -> torch.Tensor:
+        return model.fc(torch.flatten(model.avgpool(t), 1))
+
+    return a.numpy(), head
 
 
 class VGGStyle(nn.Module):
@@ -116,6 +138,72 @@ class FunctionalReluNet(nn.Module):
         return self.fc2(x)
 
 
+class SharedConvNet(nn.Module):
+    """One ``Conv2d`` module called twice in the forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(torch.relu(self.conv(x))).mean(dim=(2, 3)))
+
+
+def split_shared_conv(model: SharedConvNet, x: np.ndarray) -> tuple[np.ndarray, Callable[[torch.Tensor], Any]]:
+    """The output of the second call of ``conv`` for ``x`` and the head from there to the logits."""
+    with torch.no_grad():
+        second = model.conv(torch.relu(model.conv(torch.as_tensor(x))))
+
+    def head(t: torch.Tensor) -> torch.Tensor:
+        return model.fc(t.mean(dim=(2, 3)))
+
+    return second.numpy(), head
+
+
+class CountingNet(nn.Module):
+    """A small conv net with two classes that counts how many times its forward has run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+        self.runs = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.runs += 1
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class Segmenter(nn.Module):
+    """A per-pixel classifier: ``body`` (3x3 conv) -> ReLU -> a 1x1 conv to two class maps (N, 2, H, W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 4, 3, padding=1)
+        self.classes = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classes(torch.relu(self.body(x)))
+
+
+def region(out: torch.Tensor) -> torch.Tensor:
+    """A ``Segmenter`` target: the class-1 map summed over rows and columns 2..4, one score per image."""
+    return out[:, 1, 2:5, 2:5].sum(dim=(1, 2))
+
+
+class TokenNet(nn.Module):
+    """The pixels as tokens: ``tokens`` outputs (N, H*W, C) and the head averages them, so the gradient of
+    output ``c`` is ``1/(H*W)`` on channel ``c`` of every token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x.flatten(2).transpose(1, 2)).mean(dim=1)
+
+
 def _relu_calls() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     def on_view(t: torch.Tensor) -> torch.Tensor:
         t = t * 1
@@ -137,28 +225,16 @@ def _relu_calls() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 
 RELU_CALLS = _relu_calls()
 
-# hand-worked Guided Backprop / Deconvnet example on four values (HandReluNet):
-#   x = [1, -2, 3, 4];  r1 = relu(x) = [1, 0, 3, 4];  z2 = t * r1 = [1, 0, -3, 4], t = [1, 1, -1, 1]
-#   r2 = relu(z2) = [1, 0, 0, 4];  y = sum(u * r2), u = [2, 3, 5, -1]
-#   plain:     g(r2) = u -> mask z2 > 0 -> [2, 0, 0, -1] -> * t -> [2, 0, 0, -1] -> mask x > 0 -> [2, 0, 0, -1]
-#   guided:    [2, 0, 0, 0] (z2 > 0 and g > 0) -> * t -> [2, 0, 0, 0] -> (x > 0 and g > 0) -> [2, 0, 0, 0]
-#   deconvnet: max(u, 0) = [2, 3, 5, 0] -> * t -> [2, 3, -5, 0] -> max(., 0) -> [2, 3, 0, 0]
-HAND_X = np.array([1, -2, 3, 4], dtype=np.float32).reshape(1, 1, 1, 4)
-HAND_GRADIENTS = {
-    "plain": [2, 0, 0, -1],
-    "guided": [2, 0, 0, 0],
-    "deconvnet": [2, 3, 0, 0],
-}
-
 
 class HandReluNet(nn.Module):
-    """``y = sum(u * relu(t * relu(x)))`` with both ReLUs written as ``relu``."""
+    """``y = sum(u * relu(t * relu(x)))`` (``seeds.HAND_*``: x is one channel of four pixels), with both ReLUs
+    written as ``relu``."""
 
     def __init__(self, relu: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.relu_call = relu
-        self.register_buffer("t", torch.tensor([1.0, 1.0, -1.0, 1.0]))
-        self.register_buffer("u", torch.tensor([2.0, 3.0, 5.0, -1.0]))
+        self.register_buffer("t", torch.from_numpy(HAND_T.copy()))
+        self.register_buffer("u", torch.from_numpy(HAND_U.copy()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r1 = self.relu_call(x)
@@ -196,6 +272,79 @@ class TinyViT(nn.Module):
         tokens = self.patch(x).flatten(2).transpose(1, 2)
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos
         return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+class Failing(nn.Module):
+    """Raises in its forward after ``net.layer1`` has run (and turned grad mode on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = seeded(SmallResNet())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.net.layer1(self.net.relu(self.net.bn1(self.net.conv1(x))))
+        raise RuntimeError("boom")
+
+
+def prepared(model: nn.Module) -> nn.Module:
+    """``model`` with known gradients on some parameters, one frozen parameter and a batch norm in training
+    mode: state that a backend must not disturb."""
+    params = list(model.parameters())
+    for i, p in enumerate(params):
+        if i % 3 == 0:
+            p.grad = torch.full_like(p, 0.5 + i)
+    params[1].requires_grad_(False)
+    model.get_submodule("layer1.bn2" if hasattr(model, "layer1") else "net.layer1.bn2").train()
+    return model
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
+        for m in model.modules()
+    )
+
+
+def model_state(model: nn.Module) -> dict[str, Any]:
+    """Everything of ``model`` and of torch's global state that a backend touches, in a form that compares with
+    ``==``: modes, ``requires_grad`` flags, parameter gradients, the modules themselves, parameters and
+    buffers, hooks, grad mode and the ``TorchFunctionMode`` stack."""
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.numpy().tobytes() for p in model.parameters()],
+        "modules": [id(m) for m in model.modules()],
+        "state_dict": {k: v.detach().numpy().tobytes() for k, v in model.state_dict().items()},
+        "hooks": hook_count(model),
+        "grad mode": torch.is_grad_enabled(),
+        "function mode": torch.overrides._is_torch_function_mode_enabled(),
+    }
+
+
+def gradient_by_hand(
+    head: Callable[[torch.Tensor], torch.Tensor], activation: np.ndarray, targets: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, d sum_n y_n / d A)`` for ``y_n = head(A)[n, targets[n]]``, by autograd from the layer on."""
+    a = torch.tensor(activation, requires_grad=True)
+    with torch.enable_grad():
+        scores = head(a).gather(1, torch.as_tensor(np.asarray(targets))[:, None])[:, 0]
+        (grad,) = torch.autograd.grad(scores.sum(), a)
+    return scores.detach().numpy(), grad.numpy()
+
+
+def input_gradient_by_hand(model: nn.Module, x: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """``d sum_n y_n / d x`` for ``y_n = model(x)[n, targets[n]]``, by autograd."""
+    xg = torch.tensor(x, requires_grad=True)
+    with torch.enable_grad():
+        total = model(xg).gather(1, torch.as_tensor(np.asarray(targets))[:, None]).sum()
+        (grad,) = torch.autograd.grad(total, xg)
+    return grad.numpy()
+
+
+def logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The model's outputs for a NumPy batch, as NumPy."""
+    with torch.no_grad():
+        return model(torch.as_tensor(x)).numpy()
 
 
 def seeded(model: nn.Module, seed: int = 0) -> nn.Module:

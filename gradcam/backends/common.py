@@ -184,6 +184,14 @@ def layers_did_not_run(missing: Sequence[str]) -> RuntimeError:
     )
 
 
+def ambiguous_ablation(name: str) -> ValueError:
+    """The error for ablating a layer that runs more than once in one forward: which call to ablate is a guess."""
+    return ValueError(
+        f"layer {name!r} runs more than once in one forward; ablating one of its calls would be a guess, "
+        "choose a layer that runs once"
+    )
+
+
 def score_independent_of(names: Sequence[str]) -> RuntimeError:
     """The error for layers (or the input) whose value the target score does not depend on."""
     return RuntimeError(

@@ -212,11 +212,8 @@ def predict_ablated(model: Any, x: Any, layer: Any, channels: Any) -> np.ndarray
     (name,) = resolve_layers(jm, batch, [layer])
     structure, axis = structure_of(jm), jm.channel_axis
     call = trace(structure, variables_of(jm), batch).calls[name]
-    if call.count != 1:
-        raise ValueError(
-            f"layer {name!r} runs {call.count} times in one forward; ablating one of its calls would be a guess, "
-            "choose a layer that runs once"
-        )
+    if call.count > 1:
+        raise common.ambiguous_ablation(name)
     if len(call.shape) != 4:
         raise ValueError(f"layer {name!r} outputs shape {call.shape}, not a 4-D map; it cannot be ablated by channel")
     chosen = np.asarray(channels, dtype=np.int32).reshape(-1)

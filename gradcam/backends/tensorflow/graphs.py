@@ -141,11 +141,10 @@ class AblatedGraph:
 
         with reporting_calls({self.name: layer}, ablate):
             outputs = model(x, training=False)
-        if len(calls) != 1:
-            raise ValueError(
-                f"layer {self.name!r} runs {len(calls)} times in one forward; ablating one of its calls would "
-                "be a guess, choose a layer that runs once"
-            )
+        if not calls:
+            raise common.layers_did_not_run([self.name])
+        if len(calls) > 1:
+            raise common.ambiguous_ablation(self.name)
         if not tf.is_tensor(outputs):
             raise TypeError(f"the model returned a {type(outputs).__name__}, not a tensor")
         return tf.cast(outputs, tf.float32)

@@ -157,7 +157,7 @@ def predict_ablated(model: torch.nn.Module, x: Any, layer: Any, channels: Any) -
     def zero_channels(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         calls.append(name)
         if len(calls) > 1:
-            raise ValueError(f"layer {name!r} runs more than once in one forward; ablating it would be ambiguous")
+            raise common.ambiguous_ablation(name)
         ablated = output.clone()
         ablated[rows, chosen[rows]] = 0
         return ablated
