@@ -112,8 +112,8 @@ def test_two_actors_one_dying_resume_and_give_the_local_engines_records(tmp_path
     monkeypatch.setenv(MARKER_VARIABLE, str(marker))
 
     assert main([*common, "--model", FACTORY, "--output-dir", str(tmp_path / "local")]) == 1
-    earlier = [
-        "explain", f"{tmp_path}/in/img0[1-5].png", "--model", FACTORY, "--image-size", "16",
+    earlier = [  # the same model as the Ray run (a folder resumes only with its settings); two forwards, no death
+        "explain", f"{tmp_path}/in/img0[1-5].png", "--model", DYING_FACTORY, "--image-size", "16",
         "--output-dir", str(tmp_path / "ray"),
     ]
     assert main(earlier) == 0  # img01, 02, 03, 05 (img04 is in sub/); named as the folder run names them

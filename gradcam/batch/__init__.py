@@ -15,6 +15,10 @@ about which engine runs it or how the command line spells it.
     ``ExplainJob`` (what to do, picklable for workers) and ``Explainer`` (a decoded batch in, its output out).
 ``records``
     Writing a batch's output: pictures and shards first, then the records that name them; the summary.
+``settings``
+    What a run was asked to do, written at its start; a rerun with other settings is refused.
+``lock``
+    One run per output folder (a lock that dies with its process).
 
 The command (``gradcam.cli``) and the engines (``gradcam.engines``) import from here; nothing here imports
 them.

@@ -8,7 +8,7 @@ The pictures are named by ``OutputLayout`` (``gradcam.batch.layout``).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from gradcam.api import method_class
 from gradcam.batch.errors import JobError
 from gradcam.batch.layout import OutputLayout, PictureKey, Record
 from gradcam.batch.loading import LoadedModel, ModelSpec
-from gradcam.batch.reader import DecodedBatch, decode_batch
+from gradcam.batch.reader import ORIGINAL_MAX_SIDE, DecodedBatch, decode_batch
 from gradcam.batch.records import BatchOutput
 from gradcam.batch.sources import InputItem
 from gradcam.explanation import Explanation
@@ -65,8 +65,59 @@ def build_methods(
             kwargs["fc_layer"] = options.get("fc_layer") or loaded.fc_layer
         if name == "smoothgradcam++":
             kwargs.update(n_samples=options["n_samples"], noise_level=options["noise_level"])
-        methods[name] = cls(loaded.model, **kwargs)
+        try:
+            methods[name] = cls(loaded.model, **kwargs)
+        except (ValueError, KeyError, TypeError) as error:  # the method's own check of its options
+            raise JobError(f"--method {name}: {one_line(error)}") from None
     return methods
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (a ``KeyError``'s without the quotes its ``str`` adds)."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return " ".join(str(text).split())
+
+
+def run_methods(methods: dict[str, Method], x: Any, target: Any, what: str) -> dict[str, Explanation]:
+    """Every method on the model's input ``x`` (``what`` it is, for the message); any failure is a ``JobError``.
+
+    A ``ValueError`` or ``KeyError`` is one of gradcam's own checks (layer, class, option) and keeps its message;
+    anything else is the model or a backend failing on this input or layer (an input too small for the model,
+    a layer that never runs or that the output does not depend on), named with its type.
+    """
+    try:
+        return {name: method(x, target=target) for name, method in methods.items()}
+    except (ValueError, KeyError) as error:
+        raise JobError(one_line(error)) from None
+    except Exception as error:  # noqa: BLE001 - the model's own code may raise anything; the user must see one line
+        raise JobError(f"explaining {what} failed: {type(error).__name__}: {one_line(error)}") from None
+
+
+def non_finite_parts(explanations: dict[str, Explanation]) -> list[list[str]]:
+    """Per image of a batch, the parts of the methods' results that hold NaN or an infinity (score, logits,
+    maps, raw maps, channel weights); an empty list for an image whose numbers are all finite."""
+    n = len(next(iter(explanations.values())).scores)
+    parts: list[list[str]] = [[] for _ in range(n)]
+    for name, ex in explanations.items():
+        named = [("score", ex.scores), ("logits", ex.logits), (f"{name} map", ex.maps)]
+        named += [(f"{name} map", raw) for raw in ex.raw_by_layer.values()]
+        named += [(f"{name} channel weights", weights) for weights in ex.weights_by_layer.values()]
+        for part, array in named:
+            if array is not None:
+                for row in np.flatnonzero(~np.isfinite(np.asarray(array).reshape(n, -1)).all(axis=1)):
+                    if part not in parts[row]:
+                        parts[row].append(part)
+    return parts
+
+
+def rows_of(ex: Explanation, rows: np.ndarray) -> Explanation:
+    """The explanation of only ``rows`` of its batch."""
+    return replace(
+        ex, maps=ex.maps[rows], targets=ex.targets[rows], scores=ex.scores[rows],
+        raw_by_layer={k: v[rows] for k, v in ex.raw_by_layer.items()},
+        weights_by_layer={k: v[rows] for k, v in ex.weights_by_layer.items()},
+        logits=None if ex.logits is None else ex.logits[rows],
+    )
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -91,6 +142,8 @@ class ExplainJob:
     max_pixels : refuse larger images (None: Pillow's limit).
     pictures : write PNG heat maps and overlays (and guided pictures).
     shard_maps : return the heat maps as arrays, for ``.npz`` shards.
+    original_side : overlays are drawn at the image's own size, reduced to this long side when larger (None:
+        never reduced; the default keeps the memory of a batch of large images small).
     """
 
     model: ModelSpec
@@ -103,10 +156,11 @@ class ExplainJob:
     max_pixels: int | None = None
     pictures: bool = True
     shard_maps: bool = False
+    original_side: int | None = ORIGINAL_MAX_SIDE
 
     def decode(self, items: list[InputItem]) -> DecodedBatch:
         """Read a batch of inputs (originals are kept only when overlays are drawn at their size)."""
-        return decode_batch(items, self.image_size, self.max_pixels, keep_originals=self.pictures)
+        return decode_batch(items, self.image_size, self.max_pixels, self.pictures, self.original_side)
 
     def explainer(self, loaded: LoadedModel | None = None) -> Explainer:
         """The ``Explainer`` for this job, on ``loaded`` or on the model loaded from ``self.model``."""
@@ -129,42 +183,72 @@ class Explainer:
     ``explain`` is ``run`` (the methods, on the model) then ``finish`` (records and pictures, NumPy and
     Pillow only), so that an engine can overlap the finishing of one batch with the model on the next.
 
-    On creation it explains one blank image, so that a bad layer, class or method option is reported as a
-    ``JobError`` before any input is read, and the number of classes is known to check per-image targets.
+    On creation it explains one blank image, so that a bad layer (unknown, never run, or one the output does
+    not depend on), class, method option or an input size the model cannot take is reported as a ``JobError``
+    before any input is read, and the number of classes is known to check per-image targets.
     """
 
     def __init__(self, loaded: LoadedModel, job: ExplainJob) -> None:
         self.loaded = loaded
         self.job = job
         self.methods = build_methods(list(job.methods), loaded, job.layer, job.method_options)
-        blank = self._explain(np.zeros((1, *job.image_size, 3), np.uint8), job.class_id)
-        logits = next((ex.logits for ex in blank.values() if ex.logits is not None), None)
+        height, width = job.image_size
+        blank = loaded.prepare(np.zeros((1, height, width, 3), np.uint8))
+        explained = run_methods(self.methods, blank, job.class_id, f"a blank {height}x{width} image")
+        logits = next((ex.logits for ex in explained.values() if ex.logits is not None), None)
         self.classes: int | None = None if logits is None else int(logits.shape[1])
-        self.kinds = {name: OutputLayout.kinds(ex.pixel_space) for name, ex in blank.items()}
-
-    def _explain(self, pixels: np.ndarray, target: Any) -> dict[str, Explanation]:
-        x = self.loaded.prepare(pixels)
-        try:
-            return {name: method(x, target=target) for name, method in self.methods.items()}
-        except (ValueError, KeyError) as error:
-            raise JobError(str(error).strip("'\"")) from None
+        self.kinds = {name: OutputLayout.kinds(ex.pixel_space) for name, ex in explained.items()}
 
     def explain(self, batch: DecodedBatch) -> BatchOutput:
         """Every method on every readable image of ``batch``; an error record for each other one."""
         return self.finish(self.run(batch))
 
     def run(self, batch: DecodedBatch) -> Explained:
-        """The model's part of ``explain``: the methods on the readable images."""
+        """The model's part of ``explain``: the methods on the readable images.
+
+        An image the model gives a non-finite score, logit or map, or one the methods fail on, gets an error
+        (the other images of its batch are explained all the same).
+        """
         errors = [error or self._target_error(item) for item, error in zip(batch.items, batch.errors, strict=True)]
         # Images with their own target (from a manifest) and the others go through the methods separately.
         own = [i for i, item in enumerate(batch.items) if errors[i] is None and item.target is not None]
         default = [i for i, item in enumerate(batch.items) if errors[i] is None and item.target is None]
-        groups = [
-            (indices, self._explain(batch.pixels[indices], target))
-            for indices, target in ((own, [batch.items[i].target for i in own]), (default, self.job.class_id))
-            if indices
-        ]
+        groups = []
+        for indices, target in ((own, [batch.items[i].target for i in own]), (default, self.job.class_id)):
+            if indices:
+                groups += self._explain_rows(batch, indices, target, errors)
         return Explained(batch, errors, groups)
+
+    def _explain_rows(
+        self, batch: DecodedBatch, indices: list[int], target: Any, errors: list[str | None]
+    ) -> list[tuple[list[int], dict[str, Explanation]]]:
+        """The methods on the images ``indices`` of ``batch`` (``target``: one for all, or a list, one each);
+        the groups of images explained, with an error in ``errors`` for each other one."""
+        x = self.loaded.prepare(batch.pixels[indices])
+        try:
+            explanations = {name: method(x, target=target) for name, method in self.methods.items()}
+        except Exception as error:  # noqa: BLE001 - the model's own code may raise anything for one image
+            if len(indices) == 1:
+                reason = f"{type(error).__name__}: {one_line(error)}"
+                errors[indices[0]] = f"{batch.items[indices[0]].path}: the methods failed on this image ({reason})"
+                return []
+            # The settings passed the check on a blank image, so an image is to blame: each goes alone.
+            return [
+                group
+                for k, i in enumerate(indices)
+                for group in self._explain_rows(batch, [i], [target[k]] if isinstance(target, list) else target, errors)
+            ]
+        not_finite = non_finite_parts(explanations)
+        for row, parts in enumerate(not_finite):
+            if parts:
+                errors[indices[row]] = (
+                    f"{batch.items[indices[row]].path}: the model's output for this image is not finite (NaN or "
+                    f"infinity in its {', '.join(parts)}); check the model's weights and the input's scale"
+                )
+        keep = [row for row, parts in enumerate(not_finite) if not parts]
+        if len(keep) < len(indices):
+            explanations = {name: rows_of(ex, np.array(keep, int)) for name, ex in explanations.items()}
+        return [([indices[row] for row in keep], explanations)] if keep else []
 
     def finish(self, explained: Explained) -> BatchOutput:
         """The rest of ``explain``, which needs no model: records, PNG bytes and heat maps."""
@@ -239,8 +323,9 @@ class BatchResults:
         self.ranking = None if weighted is None else (weighted.method, weighted.top_channels(5))
 
     def pictures(self, name: str, row: int, original: np.ndarray) -> dict[str, bytes]:
-        """Kind -> PNG bytes: heat map, overlay (at the original image's size) and, for pixel-space methods, the
-        guided picture, in the order of ``OutputLayout.kinds``."""
+        """Kind -> PNG bytes: heat map, overlay (at the size of ``original``: the image's own size, its long side
+        cut to ``ExplainJob.original_side``) and, for pixel-space methods, the guided picture, in the order of
+        ``OutputLayout.kinds``."""
         heat = self.heat[name][row]
         at_original = np.clip(ref.upsample(heat[None], original.shape[:2])[0], 0.0, 1.0)
         pictures = [ref.colormap(heat), ref.overlay(original[None], at_original[None])[0]]

@@ -4,7 +4,11 @@ Following ``--output-dir`` through a run leads here only.
 An output folder holds::
 
     records.jsonl                     one JSON line per image: the run's memory, which a resumed run skips
+    settings.json                     the run's settings, written when it starts: a resumed run must match them
     summary.json                      the run's settings, its counts and every record
+    gradcam.lock                      locked (``flock``) while a run writes into the folder: one run at a time
+    pictures.pending                  names of pictures written whose records are not yet: a killed run's
+                                      pictures, which the resumed run may write again
     <stem>_<slug>_<kind>.png          per image and method: heatmap, overlay, and guided for pixel-space methods
     maps-NNNNN.npz                    heat maps of many images each (``--npz-shards``), written whole as
                                       ``maps-NNNNN.npz.partial`` and then renamed
@@ -49,6 +53,9 @@ class OutputLayout:
 
     RECORDS: ClassVar[str] = "records.jsonl"
     SUMMARY: ClassVar[str] = "summary.json"
+    SETTINGS: ClassVar[str] = "settings.json"
+    LOCK: ClassVar[str] = "gradcam.lock"
+    PENDING: ClassVar[str] = "pictures.pending"
     KINDS: ClassVar[tuple[str, ...]] = ("heatmap", "overlay", "guided")
     SHARD: ClassVar[re.Pattern[str]] = re.compile(r"maps-(\d{5,})\.npz")
     PARTIAL: ClassVar[str] = ".partial"
@@ -92,6 +99,18 @@ class OutputLayout:
     def summary(self) -> Path:
         return self.folder / self.SUMMARY
 
+    @property
+    def settings(self) -> Path:
+        return self.folder / self.SETTINGS
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / self.LOCK
+
+    @property
+    def pending(self) -> Path:
+        return self.folder / self.PENDING
+
     def picture_files(self, stem: str, methods: tuple[str, ...]) -> list[Path]:
         """Every picture an image of ``stem`` may get from ``methods`` (guided pictures included, which only
         pixel-space methods write)."""
@@ -104,19 +123,28 @@ class OutputLayout:
     def shard(self, number: int) -> Path:
         return self.folder / self.shard_name(number)
 
-    def partial(self, path: Path) -> Path:
+    @classmethod
+    def partial(cls, path: Path) -> Path:
         """Where ``path`` is written before it is renamed into place, so that it never exists half-written."""
-        return path.with_name(path.name + self.PARTIAL)
+        return path.with_name(path.name + cls.PARTIAL)
 
     def resume_files(self) -> list[Path]:
-        """What earlier runs left that a new run would resume from: records, summary and map shards."""
+        """What earlier runs left that a new run would resume from: records, settings, summary, the list of
+        pictures without records, map shards and files left half-written."""
         names = os.listdir(self.folder)
-        partial_shard = ".npz" + self.PARTIAL
+        own = (self.RECORDS, self.SETTINGS, self.SUMMARY, self.PENDING)
         return [
             self.folder / name
             for name in names
-            if name in (self.RECORDS, self.SUMMARY) or self.SHARD.fullmatch(name) or name.endswith(partial_shard)
+            if name in own or self.SHARD.fullmatch(name) or name.endswith(self.PARTIAL)
         ]
+
+    def inside(self, name: str) -> Path | None:
+        """``folder / name`` for a file name read from the folder's own files (a record, the list of pending
+        pictures), or None when the name would lead out of the folder (absolute, or with ``..``)."""
+        if not name or os.path.isabs(name) or ".." in name.split("/"):
+            return None
+        return self.folder / name
 
 
 # The stem rule under the name the input side uses: inputs are named before any output folder is chosen.
@@ -137,6 +165,9 @@ class Record:
         maps          {shard, index}: where the image's heat maps lie, when shards are written
 
     An image that could not be explained: ``{"path", "error"}``; a resumed run does not retry it.
+
+    ``path`` is absolute (the input as found, symbolic links kept), so a run from another working folder
+    still knows the image; a resumed run compares inputs by their real paths (``os.path.realpath``).
     """
 
     @staticmethod
@@ -168,6 +199,19 @@ class Record:
     @staticmethod
     def is_error(record: dict[str, Any]) -> bool:
         return "error" in record
+
+    @staticmethod
+    def problem(record: Any) -> str | None:
+        """Why a JSON value read from ``records.jsonl`` is not a record a resumed run can use, or None."""
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+            return "is not a record (a JSON object with a 'path' string)"
+        files = record.get("files") or {}
+        if not isinstance(files, dict) or not all(
+            isinstance(kinds, dict) and all(isinstance(name, str) for name in kinds.values())
+            for kinds in files.values()
+        ):
+            return "has 'files' that are not {method: {kind: file name}}"
+        return None
 
     @staticmethod
     def pictures(record: dict[str, Any]) -> Iterator[tuple[str, str, str]]:

@@ -133,22 +133,30 @@ def _keras_file(path: Path) -> LoadedModel:
 
 def _factory(spec: str) -> LoadedModel:
     location, _, function = spec.rpartition(":")
+    # The user's module and function may raise anything (a syntax error, an import inside, a missing
+    # argument): each becomes one line naming the spec, never a traceback.
     if location.endswith(".py"):
         path = Path(location)
         if not path.is_file():
             raise JobError(f"--model {spec}: no such file {path}")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        except Exception as error:  # noqa: BLE001 - see above
+            raise JobError(f"--model {spec}: cannot run {path} ({_described(error)})") from None
     else:
         try:
             module = importlib.import_module(location)
-        except ImportError as error:
-            raise JobError(f"--model {spec}: cannot import {location!r} ({error})") from None
+        except Exception as error:  # noqa: BLE001 - see above
+            raise JobError(f"--model {spec}: cannot import {location!r} ({_described(error)})") from None
     factory = getattr(module, function, None)
     if not callable(factory):
         raise JobError(f"--model {spec}: {location} has no function {function!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as error:  # noqa: BLE001 - see above
+        raise JobError(f"--model {spec}: calling {function}() failed ({_described(error)})") from None
     from gradcam.backends import get_backend
 
     try:
@@ -156,6 +164,33 @@ def _factory(spec: str) -> LoadedModel:
     except TypeError as error:
         raise JobError(f"--model {spec}: {error}") from None
     return LoadedModel(model, backend, spec, (224, 224), scaled("NCHW" if backend == "torch" else "NHWC"))
+
+
+def _described(error: BaseException) -> str:
+    """An exception as ``Type: message`` on one line; a syntax error with its file and line."""
+    if isinstance(error, SyntaxError):
+        return f"SyntaxError: {error.msg} at {error.filename}, line {error.lineno}"
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _on_device(loaded: LoadedModel, device: str) -> None:
+    """Move the PyTorch model to ``device``, refusing a device name torch does not know or a GPU not here."""
+    if loaded.backend != "torch":
+        raise JobError("--device applies to PyTorch models only")
+    import torch
+
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise JobError(f"--device {device}: not a PyTorch device; give e.g. cpu, cuda or cuda:1") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise JobError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False)")
+    if where.type == "cuda" and where.index is not None and where.index >= torch.cuda.device_count():
+        raise JobError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    try:
+        loaded.model = loaded.model.to(where)
+    except (RuntimeError, AssertionError) as error:  # torch asserts for a backend it was not built with
+        raise JobError(f"--device {device}: {_described(error)}") from None
 
 
 def load_model(
@@ -184,9 +219,7 @@ def load_model(
     if weights is not None:
         load_weights(loaded, Path(weights))
     if device is not None:
-        if loaded.backend != "torch":
-            raise JobError("--device applies to PyTorch models only")
-        loaded.model = loaded.model.to(device)
+        _on_device(loaded, device)
     return loaded
 
 
@@ -199,7 +232,7 @@ def load_weights(loaded: LoadedModel, path: Path) -> None:
 
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many kinds for a file that is not a state_dict
+        except Exception as error:  # noqa: BLE001 - torch raises many kinds for a file that is not a state_dict
             raise JobError(f"--weights {path}: not a PyTorch state_dict ({type(error).__name__}: {error})") from None
         if not isinstance(state, dict):
             raise JobError(f"--weights {path}: expected a state_dict, found {type(state).__name__}")

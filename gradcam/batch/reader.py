@@ -17,10 +17,16 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from gradcam.batch.sources import InputItem
-from gradcam.images import ImageReadError, read_image, resize
+from gradcam.images import ImageReadError, decode, fit_within, open_image
 
 Batch = TypeVar("Batch")
 Decoded = TypeVar("Decoded")
+
+
+# The long side of the originals kept for overlays: an overlay is drawn at the image's own size up to this,
+# and at the image reduced to it beyond (aspect ratio kept), so that a batch of large images, several
+# batches in flight and the overlay's arithmetic stay within a few hundred MB.
+ORIGINAL_MAX_SIDE = 1024
 
 
 @dataclass
@@ -32,8 +38,9 @@ class DecodedBatch:
     items : the inputs, in order.
     pixels : ``(n, H, W, 3)`` uint8, each image resized to the model's input size; zeros where it failed.
     errors : per item, why it could not be read, or None.
-    originals : per item, the image at its own size (for overlays drawn at that size), or None when the
-        run draws no overlay; an empty ``(0, 0, 3)`` array where it failed.
+    originals : per item, the image at its own size, reduced to a long side of ``ORIGINAL_MAX_SIDE`` when
+        larger (for overlays drawn at that size), or None when the run draws no overlay; an empty
+        ``(0, 0, 3)`` array where it failed.
     """
 
     items: list[InputItem]
@@ -43,9 +50,18 @@ class DecodedBatch:
 
 
 def decode_batch(
-    items: list[InputItem], size: tuple[int, int], max_pixels: int | None = None, keep_originals: bool = False
+    items: list[InputItem],
+    size: tuple[int, int],
+    max_pixels: int | None = None,
+    keep_originals: bool = False,
+    original_side: int | None = ORIGINAL_MAX_SIDE,
 ) -> DecodedBatch:
-    """Read and resize ``items`` (bilinear, ``gradcam.images.resize``); unreadable files become errors."""
+    """Read ``items``, each resized to ``size`` (bilinear) and, with ``keep_originals``, also kept at its own
+    size with its long side cut to ``original_side`` (None: uncut).
+
+    Each image is reduced while it is decoded to what these two sizes need (``gradcam.images.decode``), so
+    a large image never costs more than its decoded file; unreadable files become errors.
+    """
     pixels = np.zeros((len(items), *size, 3), np.uint8)
     errors: list[str | None] = []
     originals: list[np.ndarray] = []
@@ -54,10 +70,15 @@ def decode_batch(
         error = item.error
         if error is None:
             try:
-                original = read_image(item.path, max_pixels)
-                pixels[i] = resize(original, size)
+                with open_image(item.path, max_pixels) as image:
+                    sizes = [size]
+                    if keep_originals:
+                        sizes.append(fit_within((image.height, image.width), original_side))
+                    pixels[i], *kept = decode(image, sizes)
             except ImageReadError as failure:
                 error = str(failure)
+            else:
+                original = kept[0] if keep_originals else original
         errors.append(error)
         originals.append(original)
     return DecodedBatch(list(items), pixels, errors, originals if keep_originals else None)

@@ -7,24 +7,48 @@ cuts that partial line off before it appends, and skips every image that has a r
 up recorded exactly once. (Flushing hands the lines to the operating system, which keeps them if the
 process dies; it is not an ``fsync``, which a power cut would need.)
 
-Heat maps go to PNG files (one per image and method, for small runs) or, for large runs, into ``.npz``
-shards of many images each, written whole under a temporary name and renamed into place; the records of
-a shard's images are written right after it, so a record never points to a shard that is not there.
-Every file name comes from ``OutputLayout`` (``gradcam.batch.layout``).
+Every other file is written whole under a temporary name and renamed into place (``os.replace``), so it is
+either the old file or the new one, never half of one: the PNG pictures, the ``.npz`` shards of many images'
+heat maps, ``settings.json`` and ``summary.json``. Before a batch's pictures are written their names are
+appended to ``pictures.pending`` (emptied once their records are written), so a resumed run knows which
+picture files without a record a killed run wrote, and may write them again; any other file in the way is
+never overwritten (``gradcam.batch.sources.pending_items``). The records of a shard's images are written
+right after it, so a record never points to a shard that is not there. Every file name comes from
+``OutputLayout`` (``gradcam.batch.layout``).
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from gradcam.batch.errors import JobError
 from gradcam.batch.layout import OutputLayout, PictureKey, Record
+
+
+@contextmanager
+def written_whole(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file that becomes ``path`` only once it is complete: written as ``path.partial`` and renamed.
+
+    A run killed while writing leaves ``path`` as it was; the rename also replaces a link at ``path`` instead
+    of writing through it.
+    """
+    partial = OutputLayout.partial(path)
+    partial.unlink(missing_ok=True)  # a partial file a killed run left (or a link someone put there)
+    try:
+        with partial.open("xb") as file:
+            yield file
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def cut_partial_line(path: Path) -> int:
@@ -45,6 +69,36 @@ def cut_partial_line(path: Path) -> int:
         return end - keep
 
 
+def check_regular(path: Path) -> bool:
+    """Whether ``path`` exists; a ``JobError`` when it exists but is not a regular file (a folder, a link, a
+    FIFO): the run would append to, or read from, something that is not its own file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise JobError(f"{path}: cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise JobError(f"{path} is {kind}, not the file a run writes; move it, or choose another --output-dir")
+    return True
+
+
+def strict_json(value: Any) -> str:
+    """``value`` as strict JSON: NaN and infinity are refused (``ValueError``), since strict parsers reject them."""
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """One line of ``records.jsonl``. A record holding a non-finite number (which the explainer should have
+    turned into an error record) becomes an error record here, the last safety net: every line is strict JSON."""
+    try:
+        return strict_json(record) + "\n"
+    except ValueError:
+        message = f"{record['path']}: the explanation holds a non-finite number (NaN or infinity)"
+        return strict_json(Record.error(record["path"], message)) + "\n"
+
+
 class RecordWriter:
     """Appends records to ``records.jsonl``, each batch with one ``write`` and a flush.
 
@@ -53,34 +107,46 @@ class RecordWriter:
 
     def __init__(self, output_dir: Path) -> None:
         self.path = OutputLayout(output_dir).records
-        if self.path.is_file():
+        if check_regular(self.path):
             cut_partial_line(self.path)
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if records:
-            self._file.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            self._file.write("".join(map(record_line, records)))
             self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
-def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The complete records in ``path``, one at a time; a last line cut off mid-write (no newline) is ignored."""
-    if not path.is_file():
+def iter_records(path: Path, strict: bool = True) -> Iterator[dict[str, Any]]:
+    """The complete records in ``path``, one at a time; a last line cut off mid-write (no newline) is ignored.
+
+    Raises
+    ------
+    JobError
+        When ``path`` is not a regular file, or (``strict``, else the line is skipped) a complete line is not
+        UTF-8, not JSON, or not a record: one line naming the line number (a resumed run must not guess which
+        images are done).
+    """
+    if not check_regular(path):
         return
-    with path.open(encoding="utf-8") as file:
+    with path.open("rb") as file:
         for number, line in enumerate(file, start=1):
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 return
             try:
-                yield json.loads(line)
+                record = json.loads(line.decode("utf-8"))
+                problem = Record.problem(record)
+            except UnicodeDecodeError as error:
+                problem = f"is not UTF-8 text (byte 0x{line[error.start]:02x} at column {error.start + 1})"
             except json.JSONDecodeError as error:
-                raise JobError(
-                    f"{path} line {number} is not a JSON record ({error.msg}); remove the line, "
-                    "or start over with --overwrite"
-                ) from None
+                problem = f"is not a JSON record ({error.msg})"
+            if problem is None:
+                yield record
+            elif strict:
+                raise JobError(f"{path} line {number} {problem}; remove the line, or start over with --overwrite")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -94,7 +160,7 @@ class Recorded:
 
     Attributes
     ----------
-    paths : absolute paths of the recorded images (error records included: they are not retried).
+    paths : real paths of the recorded images (error records included: they are not retried).
     stems : the output stems of their PNG files, so that a resumed run never gives another image one of them.
     """
 
@@ -102,11 +168,12 @@ class Recorded:
     stems: set[str] = field(default_factory=set)
 
 
-def read_recorded(path: Path) -> Recorded:
-    """The ``Recorded`` state of the records file ``path`` (empty when there is none)."""
+def read_recorded(path: Path, key: Callable[[str], str] = os.path.abspath) -> Recorded:
+    """The ``Recorded`` state of the records file ``path`` (empty when there is none); ``key`` turns a recorded
+    path into the identity inputs are compared by (``Sources.key``: the real path)."""
     recorded = Recorded()
     for record in iter_records(path):
-        recorded.paths.add(os.path.abspath(record["path"]))
+        recorded.paths.add(key(record["path"]))
         recorded.stems.update(OutputLayout.stem_of(name) for _, _, name in Record.pictures(record))
     return recorded
 
@@ -115,7 +182,7 @@ def write_summary(output_dir: Path, run: dict[str, Any]) -> Path:
     """``summary.json``: the run's settings, the counts, and every record of ``records.jsonl``.
 
     Written record by record (two passes over the records: counts, then the records), so memory stays flat
-    however many images there are.
+    however many images there are, into a temporary file renamed into place when complete.
     """
     layout = OutputLayout(output_dir)
     source = layout.records
@@ -123,14 +190,58 @@ def write_summary(output_dir: Path, run: dict[str, Any]) -> Path:
     for record in iter_records(source):
         images += 1
         errors += Record.is_error(record)
-    head = json.dumps({**run, "images": images, "errors": errors}, indent=2, sort_keys=True)
-    path = layout.summary
-    with path.open("w", encoding="utf-8") as file:
-        file.write(head[: head.rfind("}")].rstrip() + ',\n  "records": [')
+    head = json.dumps({**run, "images": images, "errors": errors}, indent=2, sort_keys=True, allow_nan=False)
+    with written_whole(layout.summary) as file:
+        file.write((head[: head.rfind("}")].rstrip() + ',\n  "records": [').encode())
         for index, record in enumerate(iter_records(source)):
-            file.write(("\n    " if index == 0 else ",\n    ") + json.dumps(record, sort_keys=True))
-        file.write("\n  ]\n}\n" if images else "]\n}\n")
-    return path
+            file.write((("\n    " if index == 0 else ",\n    ") + strict_json(record)).encode())
+        file.write(b"\n  ]\n}\n" if images else b"]\n}\n")
+    return layout.summary
+
+
+class PendingPictures:
+    """``pictures.pending``: the names of pictures written whose records are not written yet.
+
+    Appended (and flushed) before a batch's pictures are written, emptied once their records are. What it
+    holds when a run starts are the pictures a killed run wrote without records: the resumed run gives the
+    same images the same names and may write those files again.
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        self.layout = OutputLayout(output_dir)
+        self.path = self.layout.pending
+        self._file: IO[str] | None = None
+
+    def names(self) -> set[str]:
+        """The names listed (a last line cut off mid-write, or one that is not a JSON string, is ignored)."""
+        if not check_regular(self.path):
+            return set()
+        names = set()
+        with self.path.open("rb") as file:
+            for line in file:
+                try:
+                    name = json.loads(line.decode("utf-8")) if line.endswith(b"\n") else None
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    name = None
+                if isinstance(name, str) and self.layout.inside(name):
+                    names.add(name)
+        return names
+
+    def add(self, names: Iterable[str]) -> None:
+        """List ``names`` (one JSON string a line: any file name, newlines and undecodable bytes included)."""
+        if self._file is None:
+            check_regular(self.path)
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write("".join(json.dumps(name) + "\n" for name in names))
+        self._file.flush()
+
+    def clear(self) -> None:
+        if self._file is not None:
+            self._file.truncate(0)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 @dataclass
@@ -192,11 +303,8 @@ class MapShards:
         if not self._paths:
             return
         arrays = {method: np.stack(maps) for method, maps in self._maps.items()}
-        final = self.layout.shard(self.number)
-        partial = self.layout.partial(final)
-        with partial.open("wb") as file:
+        with written_whole(self.layout.shard(self.number)) as file:
             np.savez_compressed(file, paths=np.array(self._paths), **arrays)
-        os.replace(partial, final)
         self.number += 1
         self._paths, self._maps = [], {}
 
@@ -207,17 +315,22 @@ class OutputSink:
     def __init__(self, output_dir: Path, shard_size: int = 0) -> None:
         self.output_dir = output_dir
         self.records = RecordWriter(output_dir)
+        self.pending = PendingPictures(output_dir)
         self.shards = MapShards(output_dir, shard_size) if shard_size else None
         self._waiting: list[dict[str, Any]] = []  # records whose maps sit in the shard not yet written
 
     def write(self, output: BatchOutput) -> None:
-        for i, record in enumerate(output.records):
-            for method, kind, name in Record.pictures(record):
-                target = self.output_dir / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(output.pictures[PictureKey.of(method, kind)][i])
+        pictures = [(i, PictureKey.of(method, kind), name) for i, record in enumerate(output.records)
+                    for method, kind, name in Record.pictures(record)]
+        if pictures:
+            self.pending.add(name for _, _, name in pictures)
+        for i, key, name in pictures:
+            target = self.output_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with written_whole(target) as file:
+                file.write(output.pictures[key][i])
         if self.shards is None:
-            self.records.write(output.records)
+            self._write_records(output.records)
             return
         for i, record in enumerate(output.records):
             if not Record.is_error(record):
@@ -226,9 +339,13 @@ class OutputSink:
             if self.shards.full:
                 self._flush_shard()
 
+    def _write_records(self, records: list[dict[str, Any]]) -> None:
+        self.records.write(records)
+        self.pending.clear()
+
     def _flush_shard(self) -> None:
         self.shards.flush()
-        self.records.write(self._waiting)
+        self._write_records(self._waiting)
         self._waiting = []
 
     def close(self) -> None:
@@ -237,9 +354,34 @@ class OutputSink:
                 self._flush_shard()
         finally:
             self.records.close()
+            self.pending.close()
 
 
-def remove_outputs(output_dir: Path) -> None:
-    """Delete what a previous run wrote that would otherwise be resumed: records, summary and map shards."""
+def earlier_pictures(output_dir: Path) -> Iterator[Path]:
+    """The picture files earlier runs into ``output_dir`` wrote: those its records name and those
+    ``pictures.pending`` lists (names that would lead out of the folder are left out)."""
+    layout = OutputLayout(output_dir)
+    names = PendingPictures(output_dir).names()
+    records = iter_records(layout.records, strict=False)  # starting over: a broken line names no picture
+    names.update(name for record in records for _, _, name in Record.pictures(record))
+    for name in sorted(names):
+        path = layout.inside(name)
+        if path is not None:
+            yield path
+
+
+def remove_outputs(output_dir: Path, keep: Callable[[Path], bool] | None = None) -> None:
+    """Delete what earlier runs wrote into ``output_dir`` (``--overwrite``): their pictures, except those ``keep``
+    says to keep (the new run's inputs), then records, settings, summary, shards and half-written files.
+
+    A picture is deleted only where it is a regular file reached without a link (a link, or a folder linked
+    from elsewhere, was not made by a run: it stays, and so does what it points to).
+    """
+    real_folder = os.path.realpath(output_dir)
+    for path in earlier_pictures(output_dir):
+        own = os.path.realpath(path) == os.path.join(real_folder, path.relative_to(output_dir))
+        if own and path.is_file() and not (keep is not None and keep(path)):
+            path.unlink()
     for path in OutputLayout(output_dir).resume_files():
-        path.unlink()
+        if not path.is_dir():
+            path.unlink()

@@ -6,20 +6,38 @@ no download and no argument: ``gradcam explain`` writes heat maps, overlays and 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from gradcam.batch.errors import JobError
+from gradcam.batch.job import one_line
 from gradcam.batch.loading import LoadedModel, ModelSpec, load_model
 from gradcam.methods import METHODS
+
+# The largest --image-size side: every image of a batch, and the blank image that checks the settings, is
+# built at this size, so a typo such as 100000 must not ask for tens of GB before any work starts.
+MAX_IMAGE_SIDE = 4096
+MAX_CELL_SIZE = 1024
 
 MODEL_HELP = (
     "the model: 'default' (the embedded model, trained on synthetic shapes), 'biased' (its twin trained with a "
     "spurious corner mark), torchvision:NAME, timm:NAME, keras:NAME (when those packages are installed), a .keras "
     "file, or a factory path/to/file.py:function or package.module:function returning a model (default: default)"
 )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (status 2), like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -30,9 +48,62 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"image size must be N or H,W, got {text!r}") from None
     if len(values) == 1:
         values *= 2
-    if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"image size must be N or H,W, got {text!r}")
+    if len(values) != 2 or not all(1 <= v <= MAX_IMAGE_SIDE for v in values):
+        raise argparse.ArgumentTypeError(
+            f"image size must be N or H,W with each side from 1 to {MAX_IMAGE_SIDE} pixels, got {text!r}"
+        )
     return values[0], values[1]
+
+
+def _counted(largest: int | None = None) -> Callable[[str], int]:
+    """An argparse type for a whole number from 1 to ``largest``."""
+
+    def counted(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or (largest is not None and value > largest):
+            upper = f" from 1 to {largest}" if largest is not None else " of at least 1"
+            raise argparse.ArgumentTypeError(f"expected a whole number{upper}, got {text!r}")
+        return value
+
+    return counted
+
+
+def _share(text: str) -> float:
+    """An argparse type for a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def check_output_dir(folder: Path) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be written (nothing is created).
+
+    The nearest part of ``folder`` that exists must be a folder in which a file can be made: the check makes
+    and removes a temporary file there, which is what the run will do, whatever the permission bits say.
+
+    Raises
+    ------
+    JobError
+        Naming the folder and why.
+    """
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == folder else f"is inside {existing}, which is not a folder"
+        raise JobError(f"--output-dir {folder} {what}; give a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise JobError(f"--output-dir {folder} cannot be written ({error.strerror or error})") from None
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,16 +128,18 @@ def _add_method_arguments(parser: argparse.ArgumentParser, default: str) -> None
     parser.add_argument("--layer", default=None, help="layer to explain (default: the model's last spatial layer)")
     parser.add_argument("--class-id", type=int, default=None, help="class to explain (default: the top-1 class)")
     parser.add_argument("--fc-layer", default=None, help="for --method cam: the dense layer after global pooling")
-    parser.add_argument("--n-samples", type=int, default=8, help="noisy copies for smoothgradcam++ (default 8)")
     parser.add_argument(
-        "--noise-level", type=float, default=0.15,
+        "--n-samples", type=_counted(), default=8, help="noisy copies for smoothgradcam++ (default 8)"
+    )
+    parser.add_argument(
+        "--noise-level", type=_share, default=0.15,
         help="noise for smoothgradcam++, a share of the value range (default 0.15)",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    parser.add_argument("--batch-size", type=_counted(), default=16, help="images per batch (default 16)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradcam",
         description="Explain image models with the Grad-CAM family (PyTorch, TensorFlow/Keras, JAX).",
         epilog="Run 'gradcam COMMAND --help' for a command's options.",
@@ -93,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="start over instead of skipping images already recorded"
     )
     explain.add_argument(
-        "--max-pixels", type=int, default=None, help="refuse larger images (default: Pillow's decompression-bomb limit)"
+        "--max-pixels", type=_counted(), default=None,
+        help="refuse larger images (default: Pillow's decompression-bomb limit)",
     )
     explain.add_argument(
         "--manifest", type=Path, default=None,
@@ -136,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--output", type=Path, default=Path("results/compare.png"), help="the figure (default: results/compare.png)"
     )
-    compare.add_argument("--cell-size", type=int, default=160, help="pixels per picture in the figure (default 160)")
+    compare.add_argument(
+        "--cell-size", type=_counted(MAX_CELL_SIZE), default=160, help="pixels per picture in the figure (default 160)"
+    )
 
     layers = commands.add_parser(
         "layers", help="list the model's layers with their output shapes",
@@ -191,6 +267,7 @@ def _options(args: argparse.Namespace) -> dict:
 def _run_explain(args: argparse.Namespace) -> int:
     from gradcam.cli.explain import EngineOptions, run_explain
 
+    check_output_dir(args.output_dir)
     loaded = load_model(args.model, args.weights, args.backend, args.device)
     return run_explain(
         loaded, _images(args.images) if args.manifest is None else args.images, args.output_dir, args.method,
@@ -221,8 +298,14 @@ def _run_layers(args: argparse.Namespace) -> int:
     backend = backend_by_name(loaded.backend)
     size = args.image_size or loaded.image_size
     x = loaded.prepare(np.zeros((1, *size, 3), np.uint8))
-    default = backend.default_layer(loaded.model, x)
-    shapes = backend.layer_shapes(loaded.model, x)
+    try:
+        default = backend.default_layer(loaded.model, x)
+        shapes = backend.layer_shapes(loaded.model, x)
+    except (ValueError, KeyError) as error:
+        raise JobError(one_line(error)) from None
+    except Exception as error:  # noqa: BLE001 - the model's own code may raise anything; the user must see one line
+        failure = f"{type(error).__name__}: {one_line(error)}"
+        raise JobError(f"running the model on a blank {size[0]}x{size[1]} image failed: {failure}") from None
     width = max(len(name) for name, _ in shapes)
     print(f"{loaded.name}, input {size[0]}x{size[1]}; * marks the default layer")
     for name, shape in shapes:
@@ -252,5 +335,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except JobError as error:
-        print(f"gradcam: error: {error}", file=sys.stderr)
+        print(f"gradcam: error: {one_line(error)}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """``gradcam evaluate``: run ``gradcam.evaluation`` and write evaluation.md, evaluation.json and evaluation.png."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from gradcam.batch.records import written_whole
 from gradcam.evaluation import METRICS, EvaluationConfig, EvaluationResult, Summary, evaluate
 
 SPLIT_TITLES = {"single": "One object per image", "multi": "Several instances of one class (2-4)"}
@@ -28,9 +30,16 @@ def run_evaluate(config: EvaluationConfig, output_dir: Path, quiet: bool = False
     result = evaluate(config, progress)
     output_dir.mkdir(parents=True, exist_ok=True)
     text = markdown_report(result)
-    (output_dir / "evaluation.md").write_text(text)
-    (output_dir / "evaluation.json").write_text(json.dumps(result.to_dict(), indent=1, default=_json_value))
-    chart(result).save(output_dir / "evaluation.png")
+    picture = io.BytesIO()
+    chart(result).save(picture, format="PNG")
+    files = {
+        "evaluation.md": text.encode(),
+        "evaluation.json": json.dumps(result.to_dict(), indent=1, default=_json_value).encode(),
+        "evaluation.png": picture.getvalue(),
+    }
+    for name, data in files.items():
+        with written_whole(output_dir / name) as file:
+            file.write(data)
     print(text, end="")
     print(f"wrote {output_dir / 'evaluation.md'}, evaluation.json and evaluation.png", file=sys.stderr)
     return 0

@@ -6,6 +6,10 @@ The job itself is ``gradcam.batch``, the same whatever engine runs it:
 - ``Explainer`` (``gradcam.batch.job``): a decoded batch in, its records, PNG bytes and heat maps out;
 - ``OutputSink`` (``gradcam.batch.records``): files first, then the records that name them.
 
+The output folder holds one run: ``FolderLock`` (``gradcam.batch.lock``) keeps a second run out while the
+first writes, and ``settings.json`` (``gradcam.batch.settings``) keeps a run with other settings from resuming
+it.
+
 This command checks the options, picks an engine, which moves batches from the first to the last (``local``
 in this process with a prefetching reader thread, ``gradcam.engines.local``; ``ray`` as a Ray Data pipeline
 with explainer actors, ``gradcam.engines.ray``), and prints the progress and the outcome.
@@ -22,10 +26,20 @@ from typing import Any
 from tqdm import tqdm
 
 from gradcam.batch.errors import JobError
-from gradcam.batch.job import ExplainJob, method_names
+from gradcam.batch.job import Explainer, ExplainJob, method_names
 from gradcam.batch.layout import OutputLayout, Record
 from gradcam.batch.loading import LoadedModel, ModelSpec
-from gradcam.batch.records import BatchOutput, OutputSink, Recorded, read_recorded, remove_outputs, write_summary
+from gradcam.batch.lock import FolderLock
+from gradcam.batch.records import (
+    BatchOutput,
+    OutputSink,
+    PendingPictures,
+    Recorded,
+    read_recorded,
+    remove_outputs,
+    write_summary,
+)
+from gradcam.batch.settings import RunSettings, check_settings, write_settings
 from gradcam.batch.sources import Sources, count_pending, pending_items
 
 
@@ -131,14 +145,52 @@ def run_explain(
     )
     explainer = job.explainer(loaded)
     sources = Sources(paths, manifest)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        remove_outputs(output_dir)
+    settings = RunSettings.of(
+        loaded, model_spec, job.methods, layer, class_id, size, method_options, save_maps, npz_shards > 0
+    )
+    sources.check_output_folder(output_dir, save_maps)
+    make_folder(output_dir)
+    with FolderLock(output_dir):
+        if overwrite:
+            remove_outputs(output_dir, keep=sources.would_read)
+        else:
+            check_settings(output_dir, settings)
+        write_settings(output_dir, settings)
+        progress = run_in_folder(job, explainer, sources, output_dir, npz_shards, engine)
+        summary = write_summary(output_dir, settings.as_json())
+    print(
+        f"gradcam: explained {progress.done - progress.failed} of {progress.done} images with {', '.join(names)}; "
+        f"results in {output_dir}/ (summary: {summary})"
+    )
+    return 1 if progress.failed else 0
+
+
+def make_folder(output_dir: Path) -> None:
+    """Create ``output_dir``; a ``JobError`` (one line) when it cannot be (a file is in the way, no permission)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise JobError(f"--output-dir {output_dir} is a file, not a folder") from None
+    except OSError as error:
+        raise JobError(f"--output-dir {output_dir} cannot be created ({error.strerror})") from None
+
+
+def run_in_folder(
+    job: ExplainJob,
+    explainer: Explainer,
+    sources: Sources,
+    output_dir: Path,
+    npz_shards: int,
+    engine: EngineOptions,
+) -> Progress:
+    """Explain the inputs of ``sources`` not yet recorded in ``output_dir`` (which this run holds locked) with
+    ``engine``; returns the progress, with the counts."""
     layout = OutputLayout(output_dir)
-    recorded = read_recorded(layout.records)
-    # with pictures, each input's stem is checked against the inputs: no picture may overwrite one
-    output_files = partial(layout.picture_files, methods=job.methods) if save_maps else None
-    items = pending_items(sources, recorded, output_files)
+    recorded = read_recorded(layout.records, key=sources.key)
+    # with pictures, each input's stem is checked against the inputs and the files already in the folder
+    output_files = partial(layout.picture_files, methods=job.methods) if job.pictures else None
+    replaceable = {layout.folder / name for name in PendingPictures(output_dir).names()}
+    items = pending_items(sources, recorded, output_files, replaceable)
     progress = Progress()
     sink = OutputSink(output_dir, npz_shards)
 
@@ -160,10 +212,4 @@ def run_explain(
     finally:
         sink.close()
         progress.close()
-    run = {"model": loaded.name, "backend": loaded.backend, "methods": names, "image_size": list(size)}
-    summary = write_summary(output_dir, run)
-    print(
-        f"gradcam: explained {progress.done - progress.failed} of {progress.done} images with {', '.join(names)}; "
-        f"results in {output_dir}/ (summary: {summary})"
-    )
-    return 1 if progress.failed else 0
+    return progress
