@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from gradcam import reference as ref
+from gradcam.reference import fast
 
 
 def as_numpy(array: Any) -> np.ndarray:
@@ -106,8 +107,10 @@ class Explanation:
         return ref.gradient_image(self.maps)
 
     def boxes(self, threshold: float = 0.15) -> list[tuple[int, int, int, int]]:
-        """Per image, the box around the largest segment of the map above ``threshold * max``."""
-        return [ref.bounding_box(m, threshold) for m in self.heatmaps()]
+        """Per image, the box ``(x0, y0, x1, y1)`` around the largest segment of the map above ``threshold * max``
+        (``gradcam.reference.bounding_box``, computed for the whole batch at once)."""
+        boxes = fast.bounding_boxes(self.heatmaps(), threshold).tolist()
+        return [(x0, y0, x1, y1) for x0, y0, x1, y1 in boxes]
 
     def top_channels(self, k: int = 5) -> ChannelRanking:
         """The ``k`` most and least important channels per image by weight: the paper's textual explanation.

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from gradcam import reference as ref
 from gradcam.backends import Backend, Probe, backend_by_name, get_backend
 from gradcam.backends.common import Target, layer_list
 from gradcam.explanation import Explanation
+from gradcam.reference import fast
 
 
 class Method(ABC):
@@ -102,11 +102,15 @@ class LayerMethod(Method):
 
 
 def combine_layers(raw_maps: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """Each layer's map upsampled to ``size`` and normalised; several layers averaged and normalised again."""
-    maps = [ref.normalize(ref.upsample(raw, size)) for raw in raw_maps]
+    """Each layer's map upsampled to ``size`` and normalised; several layers averaged and normalised again.
+
+    In float32 (``gradcam.reference.fast``): ``normalize(upsample(raw, size))`` of the float64 formulas to
+    float32 rounding, in about a tenth of their time.
+    """
+    maps = [fast.upsample_normalized(raw, size) for raw in raw_maps]
     if len(maps) == 1:
         return maps[0]
-    return ref.normalize(np.mean(maps, axis=0))
+    return fast.normalize(np.mean(maps, axis=0))
 
 
 class ChannelWeightMethod(LayerMethod):
@@ -119,4 +123,4 @@ class ChannelWeightMethod(LayerMethod):
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, np.ndarray]:
         A = probe.activations[name]
         weights = self.channel_weights(A, probe.gradients[name], probe)
-        return ref.weighted_map(A, weights), weights
+        return fast.weighted_map(A, weights), weights

@@ -1,4 +1,7 @@
-"""Methods that weigh a layer's activations by the gradients of the target score (one forward, one backward)."""
+"""Methods that weigh a layer's activations by the gradients of the target score (one forward, one backward).
+
+They run the float32 forms of the formulas (``gradcam.reference.fast``), tested against the float64 ones.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +11,7 @@ import numpy as np
 from gradcam import reference as ref
 from gradcam.backends import Probe
 from gradcam.methods.base import ChannelWeightMethod, LayerMethod
+from gradcam.reference import fast
 
 
 class GradCAM(ChannelWeightMethod):
@@ -26,7 +30,8 @@ class GradCAM(ChannelWeightMethod):
             self.name = "counterfactual-gradcam"
 
     def channel_weights(self, A: np.ndarray, G: np.ndarray, probe: Probe) -> np.ndarray:
-        return ref.grad_cam_weights(-G if self.counterfactual else G)
+        alpha = fast.grad_cam_weights(G)
+        return -alpha if self.counterfactual else alpha  # the weights of -G, exactly
 
 
 class GradCAMPlusPlus(ChannelWeightMethod):
@@ -36,7 +41,7 @@ class GradCAMPlusPlus(ChannelWeightMethod):
     name = "gradcam++"
 
     def channel_weights(self, A: np.ndarray, G: np.ndarray, probe: Probe) -> np.ndarray:
-        return ref.grad_cam_pp_weights(A, G)
+        return fast.grad_cam_pp_weights(A, G)
 
 
 class XGradCAM(ChannelWeightMethod):
@@ -45,7 +50,7 @@ class XGradCAM(ChannelWeightMethod):
     name = "xgradcam"
 
     def channel_weights(self, A: np.ndarray, G: np.ndarray, probe: Probe) -> np.ndarray:
-        return ref.xgrad_cam_weights(A, G)
+        return fast.xgrad_cam_weights(A, G)
 
 
 class LayerCAM(LayerMethod):
@@ -54,7 +59,7 @@ class LayerCAM(LayerMethod):
     name = "layercam"
 
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, None]:
-        return ref.layer_cam(probe.activations[name], probe.gradients[name]), None
+        return fast.layer_cam(probe.activations[name], probe.gradients[name]), None
 
 
 class HiResCAM(LayerMethod):
@@ -63,7 +68,7 @@ class HiResCAM(LayerMethod):
     name = "hirescam"
 
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, None]:
-        return ref.hires_cam(probe.activations[name], probe.gradients[name]), None
+        return fast.hires_cam(probe.activations[name], probe.gradients[name]), None
 
 
 class EigenCAM(LayerMethod):

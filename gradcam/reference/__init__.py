@@ -2,6 +2,9 @@
 
 Nothing here imports a framework: activations ``A`` and gradients ``G`` arrive as ``(N, K, h, w)``
 arrays from any backend (or from a hand-worked example), and every function returns NumPy.
+
+These float64 functions are the oracle. The methods run ``gradcam.reference.fast``: the same rules in
+float32, written for throughput, tested against these in every backend (``tests/test_fast_path.py``).
 """
 from gradcam.reference.cams import (
     cam,
