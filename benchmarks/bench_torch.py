@@ -2,12 +2,16 @@
 
     python benchmarks/bench_torch.py                 # batch 1 and 8, 5 rounds, 2 threads
     python benchmarks/bench_torch.py --rounds 3 --batch-sizes 8 --skip-memory
+    python benchmarks/bench_torch.py --device cuda   # on a GPU (benchmarks/gpu_check.sh)
 
 A ResNet-50-shaped model (benchmarks/resnet50_torch.py, random weights, eval mode) at 224x224. Every variant
 explains the top-1 class at ``layer4``. Times come from interleaved rounds (each round runs every variant once,
 in a rotated order), so drift of the machine hits all variants alike; the table gives medians per image. Peak
 memory is measured for each variant in fresh processes (median of ``--memory-repeats``): the peak resident set
 size while it runs twice, after the model is built (so it includes the model, the libraries and the input).
+With ``--device cuda`` the model and the input live on the GPU, each timed call ends when the GPU has finished
+its work (``torch.cuda.synchronize``), and peak memory is the GPU's: the most ``torch.cuda`` held allocated
+while the variant ran twice, after the model and the input were placed.
 
 Variants:
   plain inference        ``model(x)`` under ``no_grad``: the unit of every ratio
@@ -184,8 +188,15 @@ def build_variants(model: torch.nn.Module, names: list[str]) -> tuple[dict[str, 
 # --- measuring -----------------------------------------------------------------------------------
 
 
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What waits for the device's queued work: ``torch.cuda.synchronize`` on a GPU, nothing on the CPU."""
+    return torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+
 def time_rounds(variants: dict[str, Variant], x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each variant over interleaved rounds (after one warm-up call each)."""
+    """Median seconds per call of each variant over interleaved rounds (after one warm-up call each); on a GPU
+    each call is timed until the GPU has finished it."""
+    sync = synchronizer(x.device)
     names = list(variants)
     for name in names:
         variants[name](x)
@@ -193,20 +204,23 @@ def time_rounds(variants: dict[str, Variant], x: torch.Tensor, rounds: int) -> d
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            sync()
             start = time.perf_counter()
             variants[name](x)
+            sync()
             seconds[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def peak_rss_mib(variant: str, batch: int, threads: int, repeats: int) -> float | None:
-    """Median over ``repeats`` fresh processes of the peak resident memory (MiB) of ``variant`` run twice.
+def peak_rss_mib(variant: str, batch: int, threads: int, repeats: int, device: str = "cpu") -> float | None:
+    """Median over ``repeats`` fresh processes of the peak memory (MiB) of ``variant`` run twice: resident on
+    the CPU, allocated on the GPU with ``device="cuda"``.
 
     One process is not enough: with two threads the peak of the very same code varies by +-5% from run to
     run (the allocator's arenas and when freed blocks go back to the system depend on thread timing).
     """
     command = [sys.executable, __file__, "--peak-memory-of", variant, "--batch-sizes", str(batch)]
-    command += ["--threads", str(threads)]
+    command += ["--threads", str(threads), "--device", device]
     peaks = []
     for _ in range(repeats):
         done = subprocess.run(command, capture_output=True, text=True)
@@ -217,13 +231,20 @@ def peak_rss_mib(variant: str, batch: int, threads: int, repeats: int) -> float 
     return statistics.median(peaks)
 
 
-def measure_own_peak(variant: str, batch: int) -> float:
-    """In the child process: build, reset the peak counter, run the variant twice, read the peak."""
-    model = resnet50()
-    x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+def measure_own_peak(variant: str, batch: int, device: torch.device) -> float:
+    """In the child process: build, reset the peak counter, run the variant twice, read the peak (MiB)."""
+    model = resnet50().to(device)
+    x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)).to(device)
     runnable, missing = build_variants(model, [variant])
     if missing:
         raise SystemExit(f"{variant}: {missing[variant]}")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        runnable[variant](x)
+        runnable[variant](x)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
     reset_peak()
     runnable[variant](x)
     runnable[variant](x)
@@ -248,13 +269,13 @@ def read_peak_kib() -> int:
 # --- the report -----------------------------------------------------------------------------------
 
 
-def table(batch: int, times: dict[str, float], peaks: dict[str, float | None]) -> str:
+def table(batch: int, times: dict[str, float], peaks: dict[str, float | None], memory: str = "peak MiB") -> str:
     base_time = times["plain inference"]
     base_peak = peaks.get("plain inference")
     lines = [
         f"### batch {batch}",
         "",
-        "| variant | ms/img | x plain | peak MiB | x plain | target |",
+        f"| variant | ms/img | x plain | {memory} | x plain | target |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for name, seconds in times.items():
@@ -274,34 +295,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU (default 2)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs (default cpu)")
     parser.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per peak-memory median")
     parser.add_argument("--skip-memory", action="store_true", help="time only (no subprocess per variant)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--peak-memory-of", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False); "
+            "run on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu"
+        )
 
     if args.peak_memory_of:
-        print(f"{measure_own_peak(args.peak_memory_of, args.batch_sizes[0]):.1f}")
+        print(f"{measure_own_peak(args.peak_memory_of, args.batch_sizes[0], device):.1f}")
         return
 
-    model = resnet50()
+    model = resnet50().to(device)
     names = ["plain inference"] + [name for name in args.variants if name != "plain inference"]
     runnable, missing = build_variants(model, names)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPUs"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({where}), "
         f"ResNet-50-shaped model at {SIZE}x{SIZE}, layer {LAYER!r}, {args.rounds} interleaved rounds, medians\n"
     )
     for name, why in missing.items():
         print(f"missing: {name}: {why}")
+    memory = "peak GPU MiB" if device.type == "cuda" else "peak MiB"
     for batch in args.batch_sizes:
-        x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+        x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)).to(device)
         times = time_rounds(runnable, x, args.rounds)
         peaks = {}
         if not args.skip_memory:
-            peaks = {name: peak_rss_mib(name, batch, args.threads, args.memory_repeats) for name in runnable}
-        print("\n" + table(batch, times, peaks), flush=True)
+            peaks = {
+                name: peak_rss_mib(name, batch, args.threads, args.memory_repeats, args.device) for name in runnable
+            }
+        print("\n" + table(batch, times, peaks, memory), flush=True)
 
 
 if __name__ == "__main__":

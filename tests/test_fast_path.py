@@ -145,6 +145,23 @@ def test_grad_cam_pp_term_is_zero_where_its_denominator_is():
     assert expected[0, 0] == pytest.approx(0.5 / (2 - 0.5))  # the pole's term is 0, only G = 0.5 counts
 
 
+def test_grad_cam_pp_dead_channel_and_nan_gradient_as_the_formula():
+    # a channel whose activations are all 0 (S = 0, common after a ReLU) weighs sum ReLU(G) / 2; a NaN gradient
+    # makes its channel's weight NaN, as in the formula (a maximum that drops NaN would hide it)
+    A, G = layer_probe(np.random.default_rng(9), n=2, k=16)
+    A[0, 3] = 0.0
+    G[1, 5, 2, 2] = np.nan
+    weights, expected = fast.grad_cam_pp_weights(A, G), ref.grad_cam_pp_weights(A, G)
+    assert weights[0, 3] == pytest.approx(np.maximum(G[0, 3], 0).sum() / 2, rel=1e-6)
+    assert np.isnan(weights[1, 5]) and np.isnan(expected[1, 5])
+    finite = np.isfinite(expected)
+    assert np.isfinite(weights[finite]).all()
+    assert_close_to_largest(weights[finite], expected[finite])
+    maps = fast.layer_cam(A, G)
+    assert np.isnan(maps[1]).any() and np.isnan(ref.layer_cam(A, G)[1]).any()
+    assert_close_to_largest(maps[0], ref.layer_cam(A, G)[0])
+
+
 def test_xgrad_cam_channel_whose_activations_sum_to_zero_gets_weight_zero():
     A, G = layer_probe(np.random.default_rng(2), k=8)
     A[:, 3] = 0.0

@@ -16,6 +16,7 @@ with explainer actors, ``gradcam.engines.ray``), and prints the progress and the
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -41,6 +42,14 @@ from gradcam.batch.records import (
 )
 from gradcam.batch.settings import RunSettings, check_settings, write_settings
 from gradcam.batch.sources import Sources, count_pending, pending_items
+
+# The framework's OpenMP threads (torch's intra-op pool) spin by default for a while after each parallel region,
+# waiting for the next. Here the reader's, the finisher's and NumPy's work share the cores with them, and the
+# spinning took their time: Grad-CAM on a near-free model on 2 cores cost 2.9 ms of CPU per image with 2 torch
+# threads, 1.3 ms with idle threads asleep (benchmarks/bench_overhead.py --command). OpenMP reads the policy
+# once, when the framework loads, and the command imports this module before it loads the model. A policy the
+# user set stands.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @dataclass(frozen=True)
