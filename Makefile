@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-all
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench zoo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: $(STAMP)
 
 bench: .venv-bench/.installed
 	.venv-bench/bin/python benchmarks/bench_torch.py
+
+# The real torchvision models (random weights) in the same venv: automatic layer, layout, Grad-CAM against a
+# hand-written one (make test runs replicas of them, tests/zoo/torch_replicas.py)
+zoo: .venv-bench/.installed
+	cd tests/zoo && ../../.venv-bench/bin/python torchvision_zoo.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

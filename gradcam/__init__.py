@@ -11,7 +11,14 @@ from gradcam import reference
 from gradcam.api import explain, method_class
 from gradcam.backends.common import vit_reshape
 from gradcam.compare import Comparison, compare
-from gradcam.explanation import ChannelRanking, Explanation
+from gradcam.explanation import (
+    ChannelRanking,
+    DegenerateMapWarning,
+    Explanation,
+    GradcamWarning,
+    NoReluWarning,
+    ProbabilityWarning,
+)
 from gradcam.methods import (
     CAM,
     METHODS,
@@ -39,17 +46,21 @@ __all__ = [
     "ChannelRanking",
     "Comparison",
     "Deconvnet",
+    "DegenerateMapWarning",
     "EigenCAM",
     "Explanation",
     "GradCAM",
     "GradCAMPlusPlus",
+    "GradcamWarning",
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
     "LayerCAM",
     "METHODS",
     "Method",
+    "NoReluWarning",
     "Occlusion",
+    "ProbabilityWarning",
     "ScoreCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",

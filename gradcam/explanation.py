@@ -1,6 +1,11 @@
-"""The result every method returns: maps, the numbers behind them, and ways to look at them."""
+"""The result every method returns: maps, the numbers behind them, the warnings about them, and ways to look
+at them."""
 from __future__ import annotations
 
+import os
+import sys
+import warnings as python_warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +30,81 @@ def as_channels_last(images: Any) -> np.ndarray:
     if images.ndim == 4 and images.shape[-1] not in (1, 3) and images.shape[1] in (1, 3):
         images = images.transpose(0, 2, 3, 1)
     return images
+
+
+class GradcamWarning(UserWarning):
+    """Base of the warnings gradcam issues: a result that looks like an explanation but explains little or
+    something other than what was asked. Filter them as one: ``warnings.simplefilter("error", GradcamWarning)``."""
+
+
+class DegenerateMapWarning(GradcamWarning):
+    """A heat map is all zero or flat, so it localizes nothing; the message says why (read from the layer's
+    activations ``A`` and gradients ``G``): a dead layer, a target that does not depend on the layer, or a
+    weighted sum that is negative everywhere."""
+
+
+class SingularWeightWarning(GradcamWarning):
+    """Grad-CAM++'s position weights ``a = 1 / (2 + S_k G)`` left the range its eq. 19 gives for activations
+    ``A >= 0`` (``0 < a <= 1/2``): a channel's activations sum to a negative ``S_k`` (LayerNorm, pre-activation
+    layers), so ``a`` passes 1 near the pole ``G = -2 / S_k`` and is set to 0 past it."""
+
+
+class NoReluWarning(GradcamWarning):
+    """Guided Backprop, Deconvnet or Guided Grad-CAM met no ReLU in the model (SiLU, GELU or hard-swish nets):
+    their rule changes nothing, and the map is the plain input gradient."""
+
+
+class ProbabilityWarning(GradcamWarning):
+    """The explained score is a probability (after the model's softmax or sigmoid), not the class's logit that
+    the papers explain."""
+
+
+class ExplanationWarning(str):
+    """One warning of an ``Explanation``: its text, with the class it is issued as and the images it concerns.
+
+    A string (the text), so that ``Explanation.warnings`` reads as a tuple of messages; ``reason`` is the text
+    without the images, which a per-image record shows.
+    """
+
+    __slots__ = ("category", "images", "reason")
+    category: type[GradcamWarning]
+    images: tuple[int, ...] | None
+    reason: str
+
+    def __new__(
+        cls, category: type[GradcamWarning], reason: str, images: Iterable[int] | None = None
+    ) -> ExplanationWarning:
+        images = None if images is None else tuple(int(i) for i in images)
+        if images is None:
+            text = reason
+        else:
+            text = f"image{'s' if len(images) > 1 else ''} {', '.join(map(str, images))}: {reason}"
+        warning = super().__new__(cls, text)
+        warning.category, warning.images, warning.reason = category, images, reason
+        return warning
+
+    def concerns(self, image: int) -> bool:
+        """Whether the warning is about image ``image`` of the batch."""
+        return self.images is None or image in self.images
+
+    def of_rows(self, rows: list[int]) -> ExplanationWarning | None:
+        """The warning for the batch made of ``rows`` of this one (images renumbered), or None if it concerns
+        none of them."""
+        if self.images is None:
+            return self
+        kept = [new for new, old in enumerate(rows) if old in self.images]
+        return ExplanationWarning(self.category, self.reason, kept) if kept else None
+
+
+def issue(found: Iterable[ExplanationWarning]) -> None:
+    """Issue each warning with ``warnings.warn``, attributed to the first caller outside gradcam (the user's line
+    that called the method), so that the default filter shows it once per place."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here + os.sep):
+        level, frame = level + 1, frame.f_back
+    for warning in found:
+        python_warnings.warn(str(warning), warning.category, stacklevel=level)
 
 
 @dataclass(frozen=True)
@@ -58,6 +138,10 @@ class Explanation:
     layer : the (first) layer explained, as resolved from the request or chosen by default.
     layers : every layer explained.
     method : the method's name.
+    warnings : what is degenerate about the result, one message each (``ExplanationWarning``: a string that
+        also names its warning class and images): all-zero or flat maps and why, a guided rule that met no
+        ReLU, a probability explained instead of a logit. Also issued with ``warnings.warn`` unless the method
+        was made with ``quiet=True``.
     """
 
     maps: np.ndarray
@@ -68,6 +152,7 @@ class Explanation:
     raw_by_layer: dict[str, np.ndarray] = field(default_factory=dict)
     weights_by_layer: dict[str, np.ndarray] = field(default_factory=dict)
     logits: np.ndarray | None = None
+    warnings: tuple[ExplanationWarning, ...] = ()
 
     @property
     def layer(self) -> str | None:

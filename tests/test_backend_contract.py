@@ -147,6 +147,7 @@ def test_relu_rules_on_the_hand_example_for_every_way_of_writing_relu(framework,
     assert result.gradient.shape == nchw(kit, seeds.HAND_X).shape
     assert result.gradient.ravel().tolist() == seeds.HAND_GRADIENTS[rule]
     assert result.scores.tolist() == [seeds.HAND_SCORE] and result.probe is None
+    assert result.relu_count == (-1 if rule == "plain" else 2)  # two ReLUs rewritten; the plain rule counts none
 
 
 # --- probes against the framework's own autograd ----------------------------------------------------
@@ -217,8 +218,50 @@ def test_token_layer_with_reshape_gives_the_grid_and_its_exact_gradient(kit):
     expected = np.zeros((1, 3, 4, 4), np.float32)
     expected[:, 2] = 1 / 16  # the head averages 16 tokens
     np.testing.assert_array_equal(p.gradients[net.layer], expected)
-    with pytest.raises(ValueError, match="not a spatial map.*reshape="):
-        kit.backend.probe(net.model, net.x, net.layer)
+    assert p.layouts == {net.layer: "reshape"}
+    # the layout by name, or inferred: 16 tokens of a 4x4 input are a 4x4 grid with no special token
+    for layout in (None, "NTC", "NTC:0:4x4"):
+        named = kit.backend.probe(net.model, net.x, net.layer, target=2, reshape=layout)
+        np.testing.assert_array_equal(named.activations[net.layer], TOKEN_IMAGE)
+        np.testing.assert_array_equal(named.gradients[net.layer], expected)
+        assert named.layouts[net.layer] == ("NTC:0:4x4" if layout == "NTC:0:4x4" else "NTC")
+    with pytest.raises(ValueError, match="layout 'NCHW' needs a 4-D output"):
+        kit.backend.probe(net.model, net.x, net.layer, reshape="NCHW")
+    with pytest.raises(ValueError, match="15 tokens after 1 special token.*not form a square grid"):
+        kit.backend.probe(net.model, net.x, net.layer, reshape="NTC:1")
+    with pytest.raises(ValueError, match="unknown layout 'CHW'"):
+        kit.backend.probe(net.model, net.x, net.layer, reshape="CHW")
+
+
+def test_maps_are_read_in_the_models_own_layout_and_the_layout_is_recorded(kit):
+    x = kit.images(2)
+    native = "NCHW" if kit.channel_axis == 1 else "NHWC"
+    inferred = kit.backend.probe(kit.cnn, x, kit.layers, target=1)
+    named = kit.backend.probe(kit.cnn, x, kit.layers, target=1, reshape=native)
+    assert inferred.layouts == named.layouts == {name: native for name in kit.layers}
+    for name in kit.layers:
+        assert_same(kit, named.activations[name], inferred.activations[name])
+        assert_same(kit, named.gradients[name], inferred.gradients[name])
+
+
+def test_layer_choice_names_the_default_layer_its_layout_and_why(kit):
+    x = kit.images(2)
+    chosen = kit.backend.layer_choice(kit.cnn, x)
+    assert chosen.name == kit.default == kit.backend.default_layer(kit.cnn, x)
+    assert chosen.layout == ("NCHW" if kit.channel_axis == 1 else "NHWC")
+    assert "the score depends on" in chosen.why
+    assert chosen.layouts[kit.default] == chosen.layout
+    assert chosen.layouts[kit.non_spatial] in ("-", "the model's output")  # torch's fc is the last layer to run
+
+
+def test_explained_model_of_a_plain_model_explains_the_same_numbers(kit):
+    x = kit.images(2)
+    explained, notes = kit.backend.explained_model(kit.cnn)
+    assert notes == ()
+    assert kit.backend.layer_names(explained) == kit.backend.layer_names(kit.cnn)
+    first, second = (kit.backend.probe(m, x, kit.default, target=2) for m in (kit.cnn, explained))
+    np.testing.assert_allclose(second.gradients[kit.default], first.gradients[kit.default], **TOL)
+    np.testing.assert_allclose(second.scores, first.scores, **TOL)
 
 
 # --- targets ---------------------------------------------------------------------------------------
@@ -450,6 +493,19 @@ def test_predict_ablated_zeroes_one_channel_per_image(kit):
     net = kit.shared
     with pytest.raises(ValueError, match="runs more than once in one forward"):
         kit.backend.predict_ablated(net.model, net.x[:1], net.layer, [0])
+
+
+def test_predict_ablated_zeroes_a_channel_of_tokens_not_a_token(kit):
+    # the token net's class c is the mean of channel c over its 16 tokens: without channel 2, class 2 scores 0
+    net = kit.tokens
+    full = kit.backend.predict(net.model, net.x)
+    expected = full.copy()
+    expected[:, 2] = 0
+    for layout in (None, "NTC"):
+        np.testing.assert_allclose(kit.backend.predict_ablated(net.model, net.x, net.layer, [2], layout), expected,
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="needs its layout by name"):
+        kit.backend.predict_ablated(net.model, net.x, net.layer, [2], vit_reshape)
 
 
 def test_dense_weight_is_outputs_by_inputs(kit):

@@ -105,12 +105,14 @@ def test_layer_shapes_leave_no_interceptor_after_an_exception():
 # --- guided backprop: what the jaxpr rewrite cannot reach -----------------------------------------
 
 
-def test_guided_refuses_relus_inside_a_loop_and_models_without_relus():
+def test_guided_refuses_relus_inside_a_loop_and_counts_none_in_a_model_without_relus():
     with pytest.raises(ValueError, match="inside a 'scan'"):
         backend.input_gradient(nets.scanned_relu_pair(), seeds.HAND_X, target=0, rule="guided")
-    features, head = nets.seed_pair()
-    with pytest.raises(ValueError, match="has none"):
-        backend.input_gradient((features, head), nets.SEED_X, target=0, rule="guided")
+    pair = nets.seed_pair()
+    guided = backend.input_gradient(pair, nets.SEED_X, target=0, rule="guided")
+    plain = backend.input_gradient(pair, nets.SEED_X, target=0)
+    assert guided.relu_count == 0 and plain.relu_count == -1
+    np.testing.assert_array_equal(guided.gradient, plain.gradient)
 
 
 # --- compilation: one trace per shape ----------------------------------------------------------
@@ -138,3 +140,38 @@ def test_module_with_unhashable_attributes_is_cached_by_identity():
     again = backend.probe((module, variables), x, "conv1")
     assert backend._trace_count((module, variables)) == traced == 1
     np.testing.assert_array_equal(again.gradients["conv1"], first.gradients["conv1"])
+
+
+def test_output_selects_one_entry_of_a_tuple_or_dict_output():
+    features, head = nets.seed_pair()
+    x = nets.SEED_X
+    pair = backend.JaxModel(features, lambda A: {"scores": head(A), "twice": 2 * head(A)})
+    explained, notes = backend.explained_model(pair, output="twice")
+    assert notes == ("explaining the model's output 'twice'",)
+    doubled = backend.probe(explained, x, "features", target=0)
+    plain = backend.probe((features, head), x, "features", target=0)
+    np.testing.assert_allclose(doubled.gradients["features"], 2 * plain.gradients["features"], **TOL)
+    with pytest.raises(KeyError, match=r"no 'logits'; it has keys \['scores', 'twice'\]"):
+        backend.probe(backend.explained_model(pair, output="logits")[0], x, "features", target=0)
+
+
+def test_a_layer_norms_variance_clamp_is_not_taken_for_a_relu():
+    # Flax's LayerNorm writes max(0, var) before its rsqrt: guided backprop must leave it plain, and count it not
+    import flax.linen as nn
+
+    class NormedNet(nn.Module):
+        relu: bool
+
+        @nn.compact
+        def __call__(self, x):
+            x = nn.LayerNorm(name="norm")(nn.Conv(4, (3, 3), name="conv")(x))
+            return nn.Dense(2, name="fc")((nn.relu(x) if self.relu else x).mean(axis=(1, 2)))
+
+    x = nets.images(1, size=8)
+    for relu, count in ((False, 0), (True, 1)):
+        module = NormedNet(relu)
+        model = (module, module.init(jax.random.PRNGKey(0), x))
+        guided = backend.input_gradient(model, x, target=0, rule="guided")
+        assert guided.relu_count == count
+        if not relu:
+            np.testing.assert_allclose(guided.gradient, backend.input_gradient(model, x, target=0).gradient, **TOL)

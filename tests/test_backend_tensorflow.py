@@ -110,8 +110,10 @@ def test_dense_token_layer_with_reshape_matches_its_grid():
     A = np.einsum("nkhw,kc->nchw", flat.activations["flatten_grid"], np.asarray(dense.kernel))
     A = np.maximum(A + np.asarray(dense.bias)[None, :, None, None], 0)
     np.testing.assert_allclose(p.activations["tokens"], A, **TOL)
-    with pytest.raises(ValueError, match="not a spatial map"):
-        backend.probe(model, x, "tokens")
+    # without reshape the 16 tokens of a 16x16 input read as a 4x4 grid without special tokens
+    inferred = backend.probe(model, x, "tokens", target=1)
+    assert inferred.layouts == {"tokens": "NTC"}
+    np.testing.assert_allclose(inferred.gradients["tokens"], p.gradients["tokens"], **TOL)
 
 
 def test_input_channel_axis_follows_the_image_data_format(sequential):
@@ -143,12 +145,16 @@ def test_guided_refuses_relus_keras_cannot_see():
     assert model.conv1.activation is keras.activations.relu
 
 
-def test_guided_refuses_a_model_without_keras_relus():
+def test_guided_on_a_model_without_relus_is_the_plain_gradient_and_says_so():
     inputs = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(4, 3, activation="tanh")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
-    with pytest.raises(ValueError, match="has none"):
-        backend.input_gradient(model, nets.images(1, size=8), rule="guided")
+    x = nets.images(1, size=8)
+    guided = backend.input_gradient(model, x, target=0, rule="guided")
+    plain = backend.input_gradient(model, x, target=0)
+    assert guided.relu_count == 0 and plain.relu_count == -1
+    np.testing.assert_allclose(guided.gradient, plain.gradient, **TOL)
+    assert backend.input_gradient(nets.sequential_cnn(), nets.images(1), rule="guided").relu_count == 3
 
 
 # --- compilation: one trace per shape, eager mode the same ------------------------------------
@@ -185,3 +191,45 @@ def test_cache_dies_with_the_model():
     del model
     gc.collect()
     assert ref() is None
+
+
+# --- the model as explained: one output of several, the logit before a final softmax ------------------------
+
+
+def _two_headed(final_activation: str | None = None) -> keras.Model:
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(inputs, {
+        "classes": keras.layers.Dense(3, activation=final_activation, name="classes")(pooled),
+        "box": keras.layers.Dense(4, name="box")(pooled),
+    })
+
+
+def test_output_selects_one_entry_of_a_dict_output():
+    model, x = _two_headed(), nets.images(2, size=8)
+    explained, notes = backend.explained_model(model, output="classes")
+    assert notes == ("explaining the model's output 'classes'",)
+    assert backend.layer_names(explained) == backend.layer_names(model)
+    p = backend.probe(explained, x, "conv", target=1)
+    by_hand = backend.probe(model, x, "conv", target=lambda out: out["classes"][:, 1])
+    np.testing.assert_allclose(p.gradients["conv"], by_hand.gradients["conv"], **TOL)
+    assert p.targets.tolist() == [1, 1] and p.logits.shape == (2, 3)
+    with pytest.raises(KeyError, match=r"no 'labels'; it has keys"):
+        backend.probe(backend.explained_model(model, output="labels")[0], x, "conv", target=0)
+
+
+def test_a_final_softmax_is_taken_off_for_the_call_only():
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    logits_model = keras.Model(inputs, keras.layers.Dense(3, name="dense")(pooled))
+    softmax_model = keras.Model(inputs, keras.layers.Softmax(name="softmax")(logits_model.output))
+    x = nets.images(2, size=8)
+    for model in (softmax_model, keras.Model(inputs, keras.layers.Activation("sigmoid")(logits_model.output))):
+        explained, notes = backend.explained_model(model)
+        assert "explaining the logit before the final" in notes[0]
+        np.testing.assert_allclose(backend.predict(explained, x), backend.predict(logits_model, x), **TOL)
+        as_given, notes = backend.explained_model(model, probability=True)
+        assert as_given is model and notes[0].startswith("the explained score is a probability")
+    np.testing.assert_allclose(backend.predict(softmax_model, x).sum(axis=1), 1.0, rtol=1e-5)  # left as found

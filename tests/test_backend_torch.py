@@ -189,9 +189,16 @@ def test_vit_tokens_with_reshape_equal_autograd():
     acts, grads = reference_probe(model, x, ["blocks.1"])
     np.testing.assert_allclose(result.activations["blocks.1"], common.vit_reshape(acts["blocks.1"]), **F32)
     np.testing.assert_allclose(result.gradients["blocks.1"], common.vit_reshape(grads["blocks.1"]), **F32)
-    with pytest.raises(ValueError, match="reshape="):
-        backend.probe(model, x, layers="blocks.1")
-    assert backend.default_layer(model, x) == "patch"
+    # without reshape the layout is inferred from the shape (one class token, a 4x4 grid), and so are the names
+    for layout, read_as in ((None, "NTC:1"), ("NTC:1", "NTC:1"), ("ntc:1:4x4", "NTC:1:4x4")):
+        inferred = backend.probe(model, x, layers="blocks.1", reshape=layout)
+        np.testing.assert_array_equal(inferred.activations["blocks.1"], result.activations["blocks.1"])
+        np.testing.assert_array_equal(inferred.gradients["blocks.1"], result.gradients["blocks.1"])
+        assert inferred.layouts == {"blocks.1": read_as}
+    with pytest.raises(ValueError, match="do not form a square grid"):
+        backend.probe(model, x, layers="blocks.1", reshape="NTC")
+    # the last block's first norm: the final norm and norm2 reach the head through the class token only
+    assert backend.default_layer(model, x) == "blocks.1.norm1"
 
 
 # --- the model is left as found: grad mode, hooks, flags, buffers ------------------------------------

@@ -49,8 +49,8 @@ FLOORS = {
     "cli": 7,
 }
 # rooms that may name no framework anywhere, not even inside a function
-FRAMEWORK_FREE = {"reference", "backends.common", "backends.contract", "backends.probe", "copies", "explanation",
-                  "images", "methods", "metrics", "api", "compare"}
+FRAMEWORK_FREE = {"reference", "backends.common", "backends.contract", "backends.probe", "backends.layouts",
+                  "backends.choice", "copies", "explanation", "images", "methods", "metrics", "api", "compare"}
 
 
 def module_name(path: Path) -> str:

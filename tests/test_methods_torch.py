@@ -114,8 +114,10 @@ def test_cam_equals_grad_cam_on_a_gap_fc_model(setup):
     model, x, A, G, targets, _ = setup
     cam = gradcam.CAM(model, layer="features.3", fc_layer="fc")(x)
     grad = gradcam.GradCAM(model, layer="features.3")(x)
-    np.testing.assert_allclose(cam.maps, grad.maps, atol=1e-5)
-    np.testing.assert_allclose(cam.raw, 36 * grad.raw, rtol=1e-4, atol=1e-6)  # Z = 6 x 6 at the layer
+    # CAM is signed (Zhou et al. apply no ReLU): Grad-CAM = ReLU(CAM) / Z, Z = 6 x 6 at the layer
+    np.testing.assert_allclose(np.maximum(cam.raw, 0), 36 * grad.raw, rtol=1e-4, atol=1e-6)
+    W = model.fc.weight.detach().numpy()
+    np.testing.assert_allclose(cam.raw, np.einsum("nk,nkij->nij", W[targets], A), rtol=1e-4, atol=1e-5)
 
 
 def test_cam_refuses_a_model_without_a_gap_fc_head():

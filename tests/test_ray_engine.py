@@ -25,7 +25,8 @@ TESTS = Path(__file__).resolve().parent
 FACTORY = f"{TESTS / 'cli_factory.py'}:make"
 DYING_FACTORY = f"{Path(__file__).resolve()}:model_that_dies_once"
 MARKER_VARIABLE = "GRADCAM_TEST_DEATH_MARKER"
-DEATH_AT_FORWARD = 4  # the blank check when the actor starts, then its third batch
+# the automatic layer (two forwards: shapes, and whether the target depends on it), the blank check, the third batch
+DEATH_AT_FORWARD = 6
 
 
 def model_that_dies_once():

@@ -61,10 +61,11 @@ def test_cam_is_z_times_grad_cam_for_gap_fc_head():
     # y_c = sum_k W_ck (1/Z) sum_ij A_kij + b_c, so dy_c/dA_kij = W_ck / Z everywhere.
     Z = h * w
     G = np.broadcast_to((W_fc[targets] / Z)[:, :, None, None], A.shape)
-    np.testing.assert_allclose(ref.cam(A, W_fc, targets), Z * ref.grad_cam(A, G), rtol=1e-6)
-    np.testing.assert_allclose(
-        ref.normalize(ref.cam(A, W_fc, targets)), ref.normalize(ref.grad_cam(A, G)), atol=1e-6
-    )
+    # CAM (Zhou et al., eq. 2) has no ReLU: Grad-CAM = ReLU(CAM) / Z, and CAM keeps the negative places
+    cam = ref.cam(A, W_fc, targets)
+    np.testing.assert_allclose(ref.relu(cam) / Z, ref.grad_cam(A, G), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(cam, np.einsum("nk,nkij->nij", W_fc[targets], A), rtol=1e-6)
+    assert cam.min() < 0
 
 
 def test_cam_checks_fc_weight_shape():

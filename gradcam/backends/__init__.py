@@ -10,6 +10,8 @@ Why this module looks the way it does:
   target score at the requested layers from ONE forward and ONE backward per batch. What the three share
   without a framework (targets resolved before any compute, rule names, batching, layer paths, caches,
   messages) is written once in ``gradcam.backends.common``.
+* Every layer output is read with a known layout (``layouts``: NCHW, NHWC, tokens with special tokens) or
+  refused, and the automatic layer follows one stated rule (``choice``; docs/layers.md).
 * Backends never import each other; the public layer (``gradcam.methods``) never imports a framework.
 """
 from __future__ import annotations
@@ -18,10 +20,11 @@ import importlib
 import sys
 from typing import Any, cast
 
+from gradcam.backends.choice import LayerChoice
 from gradcam.backends.contract import Backend
 from gradcam.backends.probe import InputGradient, Probe
 
-__all__ = ["Backend", "Probe", "InputGradient", "get_backend", "backend_by_name", "SUPPORTED"]
+__all__ = ["Backend", "LayerChoice", "Probe", "InputGradient", "get_backend", "backend_by_name", "SUPPORTED"]
 
 # backend module name -> the framework module whose presence in sys.modules makes it a candidate
 SUPPORTED: dict[str, tuple[str, ...]] = {
@@ -54,5 +57,5 @@ def get_backend(model: Any) -> Backend:
     raise TypeError(
         f"cannot explain a model of type {type(model).__module__}.{type(model).__qualname__}: "
         "supported are a torch.nn.Module, a Keras model, and for JAX a (features, head) pair of "
-        "functions or a gradcam.backends.jax.FlaxModel"
+        "functions, a Flax nnx module or a gradcam.backends.jax.FlaxModel"
     )

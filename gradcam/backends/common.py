@@ -13,10 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from gradcam.backends import layouts
 from gradcam.reference.relu_rules import RULES
 
 Target = None | int | Sequence[int] | np.ndarray | Callable[[Any], Any]
-Reshape = Callable[[np.ndarray], np.ndarray]
+Reshape = Callable[[np.ndarray], np.ndarray] | str | layouts.Layout
+"""How a layer output becomes ``(N, K, h, w)``: a layout name (``gradcam.backends.layouts``) or a function on the
+NumPy array; ``None`` infers the layout from the output's shape."""
 
 TOP1 = -1
 """The class index that stands for "the top-1 class of this image" in a resolved request."""
@@ -163,19 +166,6 @@ def resolve_path(names: Iterable[str], spec: str) -> str:
     raise unknown_layer_error(spec, names)
 
 
-def last_spatial(
-    shapes: Iterable[tuple[str, tuple[int, ...]]], is_spatial: Callable[[str, tuple[int, ...]], bool]
-) -> str:
-    """The default layer: the last one, in execution order, whose output ``is_spatial`` (h, w > 1)."""
-    spatial = [name for name, shape in shapes if is_spatial(name, shape)]
-    if not spatial:
-        raise ValueError(
-            "no layer of this model outputs a spatial map with h, w > 1; pass layer= explicitly, "
-            "with reshape= for token layers (gradcam.vit_reshape)"
-        )
-    return spatial[-1]
-
-
 def layers_did_not_run(missing: Sequence[str]) -> RuntimeError:
     """The error for requested layers that the forward never called."""
     return RuntimeError(
@@ -192,11 +182,15 @@ def ambiguous_ablation(name: str) -> ValueError:
     )
 
 
-def score_independent_of(names: Sequence[str]) -> RuntimeError:
+class ScoreIndependentError(RuntimeError):
+    """The target score does not depend on a requested layer (or the input): no gradient path reaches it."""
+
+
+def score_independent_of(names: Sequence[str], why: str = "") -> ScoreIndependentError:
     """The error for layers (or the input) whose value the target score does not depend on."""
-    return RuntimeError(
+    return ScoreIndependentError(
         f"the target score does not depend on the output of {', '.join(map(repr, names))}: the model does not "
-        "use what that layer returns; choose a layer that the output is computed from"
+        f"use what that layer returns; choose a layer that the output is computed from{why}"
     )
 
 
@@ -247,13 +241,46 @@ def unknown_layer_error(name: str, names: Sequence[str]) -> KeyError:
     return KeyError(f"no layer named {name!r}{hint}")
 
 
-def non_spatial_error(name: str, shape: tuple[int, ...]) -> ValueError:
-    """A ``ValueError`` for a layer whose output is not a ``(N, C, h, w)`` map."""
-    return ValueError(
-        f"layer {name!r} has output shape {tuple(shape)}, which is not a spatial map (N, C, h, w); "
-        "choose a convolutional layer, or pass reshape= to turn tokens into a grid "
-        "(gradcam.vit_reshape for (N, 1 + h*w, C) tokens with a class token)"
-    )
+def with_better_layer(error: layouts.LayoutError, automatic: Callable[[], str]) -> layouts.LayoutError:
+    """``error``, naming the automatic layer (``automatic()``) when the refused layer was not batch-first."""
+    if not isinstance(error, layouts.NotBatchFirstError):
+        return error
+    try:
+        name = automatic()
+    except (ValueError, KeyError, RuntimeError, TypeError):
+        return error
+    return layouts.NotBatchFirstError(f"{error}; the automatic layer of this model is {name!r}")
+
+
+def ablation_axis(
+    name: str,
+    shape: tuple[int, ...],
+    reshape: Reshape | None,
+    native: str,
+    input_size: tuple[int, int],
+    batch: int,
+) -> tuple[int, int]:
+    """Where channel ``k`` of the probe's ``(N, K, h, w)`` lies in a layer's own output: ``(axis, first)``, the
+    channel axis (1 or -1) and, for tokens, the first patch token (the special tokens before it are not zeroed).
+
+    Raises
+    ------
+    ValueError
+        For a ``reshape`` function (which channel it makes of which value is unknown: give a layout name), or an
+        output that does not read in the layout (``layouts.read``'s reasons).
+    """
+    if reshape is not None and not isinstance(reshape, (str, layouts.Layout)):
+        raise ValueError(
+            f"ablating a channel of layer {name!r} needs its layout by name (layout='NHWC', 'NTC:1', ...); a reshape "
+            "function does not say which value of the output a channel is"
+        )
+    layouts.check_batch_first(name, shape, batch)
+    layout = layouts.infer(shape, native, input_size) if reshape is None else layouts.parse(reshape)
+    if len(shape) != layout.rank():
+        raise layouts.LayoutError(
+            f"layer {name!r}: layout {str(layout)!r} needs a {layout.rank()}-D output, but it has shape {shape}"
+        )
+    return (1 if layout.kind == "NCHW" else -1), layout.special_tokens
 
 
 def required_layers(layers: Any) -> list[Any]:
@@ -274,18 +301,41 @@ def layer_list(layers: Any) -> list[Any]:
     return [layers]
 
 
-def canonical_map(name: str, array: np.ndarray, reshape: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
-    """A layer output (or its gradient) as ``(N, K, h, w)`` float32, after the user's ``reshape``.
+def read_map(
+    name: str,
+    array: np.ndarray,
+    reshape: Reshape | None,
+    native: str,
+    input_size: tuple[int, int],
+    batch: int,
+) -> tuple[np.ndarray, str]:
+    """A layer output (or its gradient) as ``(N, K, h, w)`` float32, and the layout it was read with.
 
-    ``reshape`` acts on NumPy arrays and is applied alike to activations and gradients: a pure
-    re-layout of values commutes with differentiation, so the gradient of the re-laid-out tensor is
-    the re-laid-out gradient.
+    ``array`` is in the framework's own layout (``native``: ``"NCHW"`` or ``"NHWC"`` for a 4-D map). ``reshape``
+    is a layout name (``"NHWC"``, ``"NTC:1"``, ...; ``layouts.read``), ``None`` to infer the layout from the
+    shape, or a function on the NumPy array, which gets a 4-D map channels first (as before layouts existed)
+    and is applied alike to activations and gradients: a pure re-layout of values commutes with
+    differentiation, so the gradient of the re-laid-out tensor is the re-laid-out gradient.
+
+    Raises
+    ------
+    ValueError
+        (``layouts.LayoutError``) the first dimension is not the batch, the layout does not fit, or the result
+        is not a map with at least two cells.
     """
-    if reshape is not None:
-        array = np.asarray(reshape(array))
-    if array.ndim != 4 or array.shape[2] * array.shape[3] < 2:
-        raise non_spatial_error(name, array.shape)
-    return np.ascontiguousarray(array, dtype=np.float32)
+    if reshape is None or isinstance(reshape, (str, layouts.Layout)):
+        out, layout = layouts.read(name, array, reshape, native, input_size, batch)
+        return out, str(layout)
+    layouts.check_batch_first(name, tuple(array.shape), batch)
+    if array.ndim == 4 and native == "NHWC":
+        array = np.moveaxis(array, -1, 1)
+    out = np.asarray(reshape(array))
+    if out.ndim != 4 or out.shape[2] * out.shape[3] < 2:
+        raise layouts.LayoutError(
+            f"layer {name!r}: reshape= returned shape {tuple(out.shape)}, which is not a spatial map (N, K, h, w) "
+            "with h * w > 1"
+        )
+    return np.ascontiguousarray(out, dtype=np.float32), "reshape"
 
 
 def vit_reshape(tokens: np.ndarray, grid: tuple[int, int] | None = None, class_tokens: int = 1) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from gradcam.backends.choice import LayerChoice
 from gradcam.backends.common import Reshape, Target
 from gradcam.backends.probe import InputGradient, Probe
 
@@ -41,12 +42,25 @@ class Backend(Protocol):
     def layer_shapes(self, model: Any, x: Any) -> list[tuple[str, tuple[int, ...]]]:
         """Each layer's output shape for input ``x``, in execution order."""
 
+    def explained_model(self, model: Any, output: Any = None, probability: bool = False) -> tuple[Any, tuple[str, ...]]:
+        """The model as the backend will explain it, and notes (sentences) about what was done to get it.
+
+        Wrappers are unwrapped (a compiled or data-parallel module: the original module is explained), ``output``
+        selects one output (a dict key, a tuple index, a dataclass field; ``None``: a Hugging Face model's
+        ``logits``), and a final softmax or sigmoid that can be taken off is, unless ``probability`` (the papers
+        explain the class score before it). Layer names stay those of the model as given.
+        """
+
+    def layer_choice(self, model: Any, x: Any) -> LayerChoice:
+        """The automatic layer for inputs shaped like ``x``, its layout and why (``gradcam.backends.choice``)."""
+
     def default_layer(self, model: Any, x: Any) -> str:
-        """The last layer, in execution order, whose output is a spatial map (h, w > 1)."""
+        """The automatic layer: ``layer_choice(model, x).name``."""
 
     def probe(self, model: Any, x: Any, layers: Any, target: Target = None, reshape: Reshape | None = None) -> Probe:
         """Activations ``A`` and gradients ``G = d y / d A`` at ``layers``: one forward, one backward per batch,
-        gradients taken with respect to the layer outputs only."""
+        gradients taken with respect to the layer outputs only. ``reshape``: a layout name (``"NHWC"``,
+        ``"NTC:1"``), a function on the NumPy output, or ``None`` to infer the layout (``backends.layouts``)."""
 
     def input_gradient(
         self,
@@ -57,14 +71,17 @@ class Backend(Protocol):
         layers: Any = None,
         reshape: Reshape | None = None,
     ) -> InputGradient:
-        """``d y / d x`` with the ReLU backward ``rule`` (``plain | guided | deconvnet``); with ``layers``, their
-        plain activations and gradients from the same forward."""
+        """``d y / d x`` with the ReLU backward ``rule`` (``plain | guided | deconvnet``) and how many ReLUs the rule
+        rewrote; with ``layers``, their plain activations and gradients from the same forward."""
 
     def predict(self, model: Any, x: Any, batch_size: int | None = None) -> np.ndarray:
         """The model's outputs, forward only, ``batch_size`` rows at a time."""
 
-    def predict_ablated(self, model: Any, x: Any, layer: Any, channels: Any) -> np.ndarray:
-        """Outputs with channel ``channels[m]`` of ``layer`` set to zero in row ``m`` (-1: none)."""
+    def predict_ablated(
+        self, model: Any, x: Any, layer: Any, channels: Any, reshape: Reshape | None = None
+    ) -> np.ndarray:
+        """Outputs with channel ``channels[m]`` of ``layer`` set to zero in row ``m`` (-1: none); channels count as
+        in the probe's ``(N, K, h, w)`` arrays, read with the layout ``reshape`` names (``None``: inferred)."""
 
     def dense_weight(self, model: Any, layer: Any) -> np.ndarray:
         """A dense layer's weight matrix as ``(outputs, inputs)``."""

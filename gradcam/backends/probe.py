@@ -22,6 +22,11 @@ class Probe:
         ``(N, C)`` float32 model outputs when the output is a class-score matrix, else ``None``.
     input_size
         ``(H, W)`` of the input images.
+    layers
+        The layer names, in the order requested.
+    layouts
+        layer name -> the layout its output was read with (``"NCHW"``, ``"NHWC"``, ``"NTC:1"``, ...; ``"reshape"``
+        for a user's function); see ``gradcam.backends.layouts``.
     """
 
     activations: dict[str, np.ndarray]
@@ -31,6 +36,7 @@ class Probe:
     logits: np.ndarray | None
     input_size: tuple[int, int]
     layers: list[str] = field(default_factory=list)
+    layouts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,6 +45,10 @@ class InputGradient:
 
     ``probe`` holds the plain activations and gradients at the requested layers when those were
     asked for in the same pass (Guided Grad-CAM), else ``None``.
+
+    ``relu_count`` is the number of ReLUs of the forward whose backward the rule (guided, deconvnet) rewrote;
+    0 means the rule changed nothing and the gradient is the plain one (a SiLU, GELU or hard-swish network).
+    For the plain rule it is -1 (not counted).
     """
 
     gradient: np.ndarray
@@ -46,3 +56,4 @@ class InputGradient:
     targets: np.ndarray
     logits: np.ndarray | None
     probe: Probe | None = None
+    relu_count: int = -1

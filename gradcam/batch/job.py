@@ -52,11 +52,13 @@ def build_methods(
     loaded : the model; its own default layer and dense layer apply where ``layer`` and the options give none.
     layer : the layer to explain (None: the model's default).
     options : ``fc_layer`` (for ``cam``), ``n_samples`` and ``noise_level`` (for ``smoothgradcam++``).
+
+    The methods are quiet: their warnings go to the records (``Record``), not to the terminal once per batch.
     """
     methods = {}
     for name in names:
         cls = method_class(name)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"quiet": True}
         if name != "guided-backprop" and name != "deconvnet":
             kwargs["layer"] = layer or loaded.layer
         if name == "cam":
@@ -117,6 +119,7 @@ def rows_of(ex: Explanation, rows: np.ndarray) -> Explanation:
         raw_by_layer={k: v[rows] for k, v in ex.raw_by_layer.items()},
         weights_by_layer={k: v[rows] for k, v in ex.weights_by_layer.items()},
         logits=None if ex.logits is None else ex.logits[rows],
+        warnings=tuple(w for w in (w.of_rows(list(rows)) for w in ex.warnings) if w is not None),
     )
 
 
@@ -288,6 +291,7 @@ class Explainer:
             probability=float(probabilities[row, target]) if probabilities is not None and target >= 0 else None,
             layer=results.layer,
             boxes={name: None if boxes is None else list(boxes[row]) for name, boxes in results.boxes.items()},
+            warnings=results.warnings_of(row),
         )
         if results.ranking is not None:
             method, ranking = results.ranking
@@ -321,6 +325,11 @@ class BatchResults:
         self.guided = {name: ex.image() for name, ex in results.items() if ex.pixel_space}
         weighted = next((ex for ex in results.values() if ex.weights is not None), None)
         self.ranking = None if weighted is None else (weighted.method, weighted.top_channels(5))
+        self.warnings = [warning for ex in results.values() for warning in ex.warnings]
+
+    def warnings_of(self, row: int) -> list[str]:
+        """The methods' warnings about image ``row``, each once (a probability explained is every method's)."""
+        return list(dict.fromkeys(warning.reason for warning in self.warnings if warning.concerns(row)))
 
     def pictures(self, name: str, row: int, original: np.ndarray) -> dict[str, bytes]:
         """Kind -> PNG bytes: heat map, overlay (at the size of ``original``: the image's own size, its long side

@@ -160,6 +160,8 @@ class Record:
         target        the explained class (-1 for a target function), class_name, score (raw), probability (softmax)
         layer         the layer the maps were read at
         boxes         method -> the 15% box (x0, y0, x1, y1), or None for pixel-space methods
+        warnings      what is degenerate about the image's maps, one message each (``Explanation.warnings``):
+                      an all-zero or flat map and why, a guided rule that met no ReLU, a probability explained
         top_channels  {method, most, least}: the channels of largest and smallest weight, where a method has weights
         files         method -> kind -> picture file name (relative to the output folder), when pictures are saved
         maps          {shard, index}: where the image's heat maps lie, when shards are written
@@ -184,6 +186,7 @@ class Record:
         probability: float | None,
         layer: str | None,
         boxes: dict[str, list[int] | None],
+        warnings: list[str],
     ) -> dict[str, Any]:
         """The record of an explained image (pictures, channels and shard places are added as they are made)."""
         return {
@@ -194,6 +197,7 @@ class Record:
             "probability": probability,
             "layer": layer,
             "boxes": boxes,
+            "warnings": warnings,
         }
 
     @staticmethod

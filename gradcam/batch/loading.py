@@ -102,6 +102,8 @@ def _timm(name: str, spec: str) -> LoadedModel:
 
 
 def _keras_application(name: str, spec: str) -> LoadedModel:
+    """A ``keras.applications`` model, built to output logits (``classifier_activation=None``): Grad-CAM explains
+    the class score before the softmax, as the papers do, and the records' probability is its softmax."""
     keras = _require("keras", spec)
     builder = getattr(keras.applications, name, None)
     if builder is None:
@@ -114,7 +116,7 @@ def _keras_application(name: str, spec: str) -> LoadedModel:
         ),
         None,
     )
-    model = builder(weights=None)
+    model = builder(weights=None, classifier_activation=None)
     size = tuple(model.input_shape[1:3])
     to_unit = scaled("NHWC", scale=255.0)
     prepare = (lambda images: np.asarray(preprocess(to_unit(images)))) if preprocess else to_unit

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
-
 from gradcam.batch.errors import JobError
 from gradcam.batch.job import one_line
 from gradcam.batch.loading import LoadedModel, ModelSpec, load_model
@@ -216,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     layers = commands.add_parser(
         "layers", help="list the model's layers with their output shapes",
-        description="List the model's layers in execution order with output shapes; * marks the default layer.",
+        description="List the model's layers in execution order with output shapes and layouts; * marks the "
+        "automatic layer, and the line below the list says why it was chosen.",
     )
     _add_model_arguments(layers)
 
@@ -292,25 +291,10 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _run_layers(args: argparse.Namespace) -> int:
-    loaded: LoadedModel = load_model(args.model, args.weights, args.backend, args.device)
-    from gradcam.backends import backend_by_name
+    from gradcam.cli.layers import run_layers
 
-    backend = backend_by_name(loaded.backend)
-    size = args.image_size or loaded.image_size
-    x = loaded.prepare(np.zeros((1, *size, 3), np.uint8))
-    try:
-        default = backend.default_layer(loaded.model, x)
-        shapes = backend.layer_shapes(loaded.model, x)
-    except (ValueError, KeyError) as error:
-        raise JobError(one_line(error)) from None
-    except Exception as error:  # noqa: BLE001 - the model's own code may raise anything; the user must see one line
-        failure = f"{type(error).__name__}: {one_line(error)}"
-        raise JobError(f"running the model on a blank {size[0]}x{size[1]} image failed: {failure}") from None
-    width = max(len(name) for name, _ in shapes)
-    print(f"{loaded.name}, input {size[0]}x{size[1]}; * marks the default layer")
-    for name, shape in shapes:
-        print(f"{'*' if name == default else ' '} {name:<{width}}  {tuple(shape)}")
-    return 0
+    loaded: LoadedModel = load_model(args.model, args.weights, args.backend, args.device)
+    return run_layers(loaded, args.image_size or loaded.image_size)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

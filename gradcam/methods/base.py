@@ -14,8 +14,27 @@ import numpy as np
 
 from gradcam.backends import Backend, Probe, backend_by_name, get_backend
 from gradcam.backends.common import Target, layer_list
-from gradcam.explanation import Explanation
+from gradcam.explanation import Explanation, ExplanationWarning, ProbabilityWarning, issue
+from gradcam.methods.diagnosis import layer_map_warnings
 from gradcam.reference import fast
+
+# how a backend's note (``Backend.explained_model``) starts when the explained score is a probability
+PROBABILITY_NOTE = "the explained score is a probability"
+OUTPUTS_SUM_TO_ONE = (
+    "every row of the model's output is >= 0 and sums to 1, as after a softmax; the papers explain the class's "
+    "logit before it: leave the softmax out of the model (or select the logits with output=)"
+)
+
+
+def looks_like_probabilities(outputs: np.ndarray | None) -> bool:
+    """Whether ``(N, classes)`` outputs are a softmax's: non-negative rows that sum to 1 (to float32 rounding).
+
+    A backend takes off the final softmax it can see (a Keras activation, an ``nn.Softmax`` module); this
+    catches the ones it cannot (a functional softmax in ``forward``, a JAX function), whatever the framework.
+    """
+    if outputs is None or outputs.ndim != 2 or outputs.shape[1] < 2:
+        return False
+    return bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=1), 1.0, rtol=0, atol=1e-4))
 
 
 class Method(ABC):
@@ -27,8 +46,26 @@ class Method(ABC):
         Flax ``(module, variables)`` pair); its framework picks the backend.
     layer : a layer name (``"layer4"``, ``"layer4.1.conv2"``), the layer object, or a list of them; ``None``
         picks the last layer, in execution order, with a spatial output.
-    reshape : maps a non-spatial layer output (NumPy) to ``(N, K, h, w)``, e.g. ``gradcam.vit_reshape``.
+    layout : how the layer's output is laid out, when it is not inferred right: ``"NCHW"``, ``"NHWC"`` (Swin,
+        ConvNeXt blocks, Keras), or tokens ``"NTC"`` with the number of leading class tokens to drop,
+        ``"NTC:1"`` (ViT), ``"NTC:2"`` (DeiT).
+    reshape : maps a non-spatial layer output (NumPy) to ``(N, K, h, w)``, e.g. ``gradcam.vit_reshape``; give
+        ``layout`` or ``reshape``, not both.
+    output : which output of a model with several to explain: a dict key, a tuple index or a dataclass field
+        (``None``: the model's one output, or a Hugging Face model's ``logits``).
+    probability : explain the probability after a model's final softmax or sigmoid instead of the logit before
+        it (default False: the papers' class score). Where the final activation cannot be taken off, the
+        explained score is a probability and every explanation carries a ``ProbabilityWarning``.
     backend : force a backend by name (``"torch"``, ``"tensorflow"``, ``"jax"``) instead of detecting it.
+    quiet : keep the warnings about degenerate results in ``Explanation.warnings`` only, without issuing them
+        with ``warnings.warn`` (the command line writes them to its records instead).
+
+    ``notes`` says what was done to the model to explain it (a wrapper unwrapped, an output selected, a final
+    softmax left out).
+
+    A method holds its model until it is closed: ``with GradCAM(model, layer) as cam:`` closes it at the end of
+    the block (as pytorch-grad-cam's methods release their hooks), ``close()`` at any time. Between calls it
+    holds no hook and changes nothing in the model.
     """
 
     name = "method"
@@ -38,19 +75,60 @@ class Method(ABC):
         model: Any,
         layer: Any = None,
         *,
+        layout: str | None = None,
         reshape: Callable[[np.ndarray], np.ndarray] | None = None,
+        output: Any = None,
+        probability: bool = False,
         backend: str | None = None,
+        quiet: bool = False,
     ) -> None:
-        self.model = model
+        if layout is not None and reshape is not None:
+            raise ValueError("give layout= (a layout name such as 'NHWC') or reshape= (a function), not both")
         self.layers = layer_list(layer)
-        self.reshape = reshape
+        self.reshape = layout if layout is not None else reshape
+        self.quiet = quiet
         self.backend: Backend = backend_by_name(backend) if backend else get_backend(model)
+        self._model, self.notes = self.backend.explained_model(model, output=output, probability=probability)
+        # the notes that say the score is a probability warn with every explanation; the others only inform
+        self._standing = [
+            ExplanationWarning(ProbabilityWarning, note) for note in self.notes if note.startswith(PROBABILITY_NOTE)
+        ]
         self._default_layers: dict[tuple, list[str]] = {}
+
+    @property
+    def model(self) -> Any:
+        """The model explained; a ``ValueError`` once the method is closed."""
+        if self._model is None:
+            raise ValueError(f"this {type(self).__name__} is closed (its with block ended); make a new one")
+        return self._model
+
+    def close(self) -> None:
+        """Let go of the model and of the layers found for it, so that they (and the backend's per-model
+        caches, held weakly) can be freed; calling the method afterwards raises a ``ValueError``."""
+        self._model = None
+        self._default_layers.clear()
+
+    def __enter__(self) -> Method:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @abstractmethod
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         """Explain the batch ``x`` for ``target``: ``None`` (top-1), an int, one int per image, or a callable
         on the model's outputs returning one score per image."""
+
+    def warned(self, explanation: Explanation, found: list[ExplanationWarning]) -> Explanation:
+        """``explanation`` with the warnings ``found`` added, after those that hold for every explanation of the
+        model (a probability explained); all are also issued unless the method is quiet."""
+        found = self._standing + found
+        if not any(w.category is ProbabilityWarning for w in found) and looks_like_probabilities(explanation.logits):
+            found.insert(0, ExplanationWarning(ProbabilityWarning, f"{PROBABILITY_NOTE}: {OUTPUTS_SUM_TO_ONE}"))
+        explanation.warnings = explanation.warnings + tuple(found)
+        if found and not self.quiet:
+            issue(found)
+        return explanation
 
     def layers_for(self, x: Any) -> list[Any]:
         """The requested layers, or the backend's default layer for inputs shaped like ``x`` (found once).
@@ -70,7 +148,12 @@ class Method(ABC):
 
 
 class LayerMethod(Method):
-    """A method that reads one or more layers' activations and gradients (one forward, one backward)."""
+    """A method that reads one or more layers' activations and gradients (one forward, one backward).
+
+    ``uses_gradients``: whether the map is computed from ``G`` (for the reasons given when a map is all zero).
+    """
+
+    uses_gradients = True
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         return self.explain_probe(self.probe(x, target))
@@ -83,13 +166,17 @@ class LayerMethod(Method):
         """The raw map ``(N, h, w)`` and channel weights ``(N, K)`` (or None) of layer ``name``."""
 
     def explain_probe(self, probe: Probe) -> Explanation:
-        raw_by_layer, weights_by_layer = {}, {}
+        """The explanation of a probe: each layer's raw map and weights, the maps upsampled and normalised, and
+        a warning for each layer whose map is all zero or flat, with the reason read from ``A`` and ``G``."""
+        raw_by_layer, weights_by_layer, found = {}, {}, []
         for name in probe.layers:
             raw, weights = self.layer_map(name, probe)
             raw_by_layer[name] = raw
             if weights is not None:
                 weights_by_layer[name] = weights
-        return Explanation(
+            G = probe.gradients[name] if self.uses_gradients else None
+            found += layer_map_warnings(self.name, name, raw, probe.activations[name], G)
+        explanation = Explanation(
             maps=combine_layers(list(raw_by_layer.values()), probe.input_size),
             targets=probe.targets,
             scores=probe.scores,
@@ -99,6 +186,7 @@ class LayerMethod(Method):
             weights_by_layer=weights_by_layer,
             logits=probe.logits,
         )
+        return self.warned(explanation, found)
 
 
 def combine_layers(raw_maps: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:

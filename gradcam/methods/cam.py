@@ -7,16 +7,22 @@ import numpy as np
 
 from gradcam import reference as ref
 from gradcam.backends import Probe
+from gradcam.explanation import Explanation
 from gradcam.methods.base import LayerMethod
+from gradcam.methods.diagnosis import signed_map_warnings, with_warnings
 
 
 class CAM(LayerMethod):
-    """CAM: ``L^c = ReLU(sum_k W_fc[c, k] A_k)`` for a model whose ``layer`` is followed by global average
-    pooling and the one dense layer ``fc_layer``.
+    """CAM (Zhou et al., 2016, eq. 2): ``M_c = sum_k W_fc[c, k] A_k``, with no ReLU, for a model whose
+    ``layer`` is followed by global average pooling and the one dense layer ``fc_layer``.
 
     The head is checked, not assumed: for ``y_c = sum_k W_ck (1/Z) sum_ij A_kij + b_c`` the gradient at the layer
     is ``W_ck / Z`` at every position, so any other gradient means the model is not of CAM's kind, and the call
-    raises instead of drawing a wrong map. (On such heads CAM equals ``Z`` times Grad-CAM.)
+    raises instead of drawing a wrong map. On such heads ``Grad-CAM = ReLU(CAM) / Z``.
+
+    ``raw`` is the signed map. ``maps`` stretch it from its minimum (0: the strongest evidence against the
+    class) to its maximum (1), so a place where CAM is 0 shows at ``-min / (max - min)``; Grad-CAM's maps, from
+    the ReLU'd map, put it at 0. A map negative everywhere carries a ``DegenerateMapWarning``.
     """
 
     name = "cam"
@@ -44,3 +50,10 @@ class CAM(LayerMethod):
                 "Use GradCAM, which equals CAM on such heads and works on any head."
             )
         return ref.cam(A, W, probe.targets), W[probe.targets].astype(np.float32)
+
+    def explain_probe(self, probe: Probe) -> Explanation:
+        explanation = super().explain_probe(probe)
+        found = []
+        for name in probe.layers:
+            found += signed_map_warnings(self.name, name, explanation.raw_by_layer[name])
+        return with_warnings(explanation, found, self.quiet)

@@ -7,19 +7,24 @@ from gradcam import reference as ref
 from gradcam.backends.common import Target
 from gradcam.explanation import Explanation
 from gradcam.methods.base import Method
+from gradcam.methods.diagnosis import input_gradient_warnings
 from gradcam.methods.gradient import GradCAM
 
 
 class _InputGradientMethod(Method):
-    """``d y / d x`` with every ReLU passing gradient by ``rule``; ``maps`` are ``(N, C, H, W)``."""
+    """``d y / d x`` with every ReLU passing gradient by ``rule``; ``maps`` are ``(N, C, H, W)``.
+
+    A warning says when the backward met no ReLU (the map is then the plain gradient) or a gradient is all zero.
+    """
 
     rule = "plain"
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         result = self.backend.input_gradient(self.model, x, target, rule=self.rule)
-        return Explanation(
+        explanation = Explanation(
             maps=result.gradient, targets=result.targets, scores=result.scores, method=self.name, logits=result.logits
         )
+        return self.warned(explanation, input_gradient_warnings(self.name, self.rule, result))
 
 
 class GuidedBackprop(_InputGradientMethod):
@@ -43,6 +48,7 @@ class GuidedGradCAM(GradCAM):
     pointwise per colour channel: the fine detail of Guided Backprop where Grad-CAM finds the class.
 
     One forward serves both: the layer's plain gradients give ``L``, the guided backward the input gradient.
+    Warnings: those of Grad-CAM at the layer, and those of Guided Backprop (no ReLU met, a zero gradient).
     """
 
     name = "guided-gradcam"
@@ -53,4 +59,4 @@ class GuidedGradCAM(GradCAM):
         )
         explanation = self.explain_probe(result.probe)
         explanation.maps = ref.guided_grad_cam(result.gradient, explanation.maps)
-        return explanation
+        return self.warned(explanation, input_gradient_warnings(self.name, "guided", result))

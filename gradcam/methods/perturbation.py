@@ -17,6 +17,7 @@ from gradcam.backends.common import Target, class_targets, positive_int
 from gradcam.copies import channels_last_view, refuse_target_function, run_in_batches
 from gradcam.explanation import Explanation
 from gradcam.methods.base import LayerMethod, Method
+from gradcam.methods.diagnosis import occlusion_warnings
 from gradcam.reference.scores import SCORES, target_scores
 
 
@@ -72,21 +73,38 @@ class ScoreCAM(_PerturbedLayerMethod):
     max_channels : ``k`` keeps, per image, only the ``k`` channels of largest spatial variance of ``A_k`` (the
         "Faster Score-CAM" of the Score-CAM authors' repository); the others get weight 0. The explanation is
         then named ``"faster-scorecam"``.
+    weighting : ``"classes"`` (default, the authors'): ``w_k = softmax(f(x * M_k))_c`` over the classes;
+        ``"channels"`` (pytorch-grad-cam's): ``w = softmax_k(f(x * M_k)_c)``, the raw target scores with a softmax
+        over the channels, a flat channel (mask 0) included.
     """
 
     name = "scorecam"
+    WEIGHTINGS = ("classes", "channels")
 
     def __init__(
-        self, model: Any, layer: Any = None, *, batch_size: int = 16, max_channels: int | None = None, **options: Any
+        self,
+        model: Any,
+        layer: Any = None,
+        *,
+        batch_size: int = 16,
+        max_channels: int | None = None,
+        weighting: str = "classes",
+        **options: Any,
     ) -> None:
         super().__init__(model, layer, batch_size=batch_size, **options)
         self.max_channels = None if max_channels is None else positive_int(max_channels, "max_channels")
         if self.max_channels is not None:
             self.name = "faster-scorecam"
+        if weighting not in self.WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(self.WEIGHTINGS)}, got {weighting!r}")
+        self.weighting = weighting
 
     def scored_channels(self, A: np.ndarray) -> np.ndarray:
-        """``(N, K)`` bool: the channels that get a forward pass (not flat; the top ``max_channels`` by variance)."""
+        """``(N, K)`` bool: the channels that get a forward pass (not flat, unless weighted over the channels;
+        the top ``max_channels`` by variance)."""
         selected = A.max(axis=(2, 3)) > A.min(axis=(2, 3))
+        if self.weighting == "channels":
+            selected[:] = True
         if self.max_channels is not None and self.max_channels < A.shape[1]:
             order = np.argsort(-A.astype(np.float64).var(axis=(2, 3)), axis=1, kind="stable")
             top = np.zeros_like(selected)
@@ -105,13 +123,20 @@ class ScoreCAM(_PerturbedLayerMethod):
             masks = ref.normalize(ref.upsample(A[n, k], probe.input_size))
             np.multiply(images[n], masks[..., None], out=channels_last_view(batch, axis))
 
+        score = "probability" if self.weighting == "classes" else "raw"
+
         def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
             logits = self.backend.predict(self.model, batch)
-            return target_scores(logits, probe.targets[pairs[rows, 0]], "probability")
+            return target_scores(logits, probe.targets[pairs[rows, 0]], score)
 
         scores = run_in_batches(len(pairs), self.batch_size, probe.images.shape[1:], fill, forward)
         weights = np.zeros(A.shape[:2], dtype=np.float32)
-        weights[pairs[:, 0], pairs[:, 1]] = scores
+        if self.weighting == "classes":
+            weights[pairs[:, 0], pairs[:, 1]] = scores
+        else:  # a softmax over each image's scored channels
+            exponents = np.full(A.shape[:2], -np.inf)
+            exponents[pairs[:, 0], pairs[:, 1]] = scores
+            weights[:] = ref.softmax(exponents)
         return ref.weighted_map(A, weights), weights
 
 
@@ -138,7 +163,10 @@ class AblationCAM(_PerturbedLayerMethod):
 
     def __init__(self, model: Any, layer: Any = None, *, batch_size: int = 16, **options: Any) -> None:
         if options.get("reshape") is not None:
-            raise ValueError("AblationCAM zeroes channels of the layer's own output; reshape= is not supported")
+            raise ValueError(
+                "AblationCAM zeroes channels of the layer's own output, which a reshape function hides; "
+                "name the layout instead (layout='NHWC', 'NTC:1', ...)"
+            )
         super().__init__(model, layer, batch_size=batch_size, **options)
 
     def layer_map(self, name: str, probe: ImageProbe) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +181,7 @@ class AblationCAM(_PerturbedLayerMethod):
             np.take(probe.images, pairs[rows, 0], axis=0, out=batch)
 
         def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            logits = self.backend.predict_ablated(self.model, batch, name, pairs[rows, 1])
+            logits = self.backend.predict_ablated(self.model, batch, name, pairs[rows, 1], reshape=self.reshape)
             return target_scores(logits, probe.targets[pairs[rows, 0]], "raw")
 
         scores = run_in_batches(len(pairs), self.batch_size, probe.images.shape[1:], fill, forward)
@@ -260,7 +288,7 @@ class Occlusion(Method):
             total[:, y0 : y0 + wh, x0 : x0 + ww] += drops[:, p, None, None]
             covered[y0 : y0 + wh, x0 : x0 + ww] += 1
         raw = (total / covered).astype(np.float32)
-        return Explanation(
+        explanation = Explanation(
             maps=ref.normalize(ref.relu(raw)),
             targets=targets,
             scores=target_scores(logits, targets, "raw").astype(np.float32),
@@ -269,3 +297,4 @@ class Occlusion(Method):
             raw_by_layer={"input": raw},
             logits=logits,
         )
+        return self.warned(explanation, occlusion_warnings(raw))

@@ -9,7 +9,10 @@ import numpy as np
 from gradcam import reference as ref
 from gradcam.backends import Probe
 from gradcam.backends.common import Target
+from gradcam.explanation import Explanation
 from gradcam.methods.base import LayerMethod
+from gradcam.methods.diagnosis import singular_weight_warnings, with_warnings
+from gradcam.reference import cams
 
 
 @dataclass
@@ -29,6 +32,11 @@ class SmoothGradCAMPlusPlus(LayerMethod):
     The copies go through the model ``batch_size`` at a time (copies of several images share a batch), and
     every copy is explained for the clean image's target. Seeded: the same ``seed`` gives the same map,
     whatever the batch size.
+
+    The noise level is SmoothGrad's (Smilkov et al., 2017, who found 10-20% of the input's range to work
+    well); Omeiza et al. take their noise from it. As in Grad-CAM++, ``a`` is 0 where ``2 D2 + S_k D3`` is 0 or
+    negative, and a ``SingularWeightWarning`` names the images where some ``a`` passes 1 (possible only when
+    activations can be negative).
     """
 
     name = "smoothgradcam++"
@@ -84,6 +92,14 @@ class SmoothGradCAMPlusPlus(LayerMethod):
     def layer_map(self, name: str, probe: NoisyProbe) -> tuple[np.ndarray, np.ndarray]:
         A, Gs, ys = probe.activations[name], probe.noisy_gradients[name], probe.noisy_scores
         return ref.smooth_grad_cam_pp(A, Gs, ys), ref.smooth_grad_cam_pp_weights(A, Gs, ys)
+
+    def explain_probe(self, probe: NoisyProbe) -> Explanation:
+        explanation = super().explain_probe(probe)
+        found = []
+        for name in probe.layers:
+            A, Gs, ys = probe.activations[name], probe.noisy_gradients[name], probe.noisy_scores
+            found += singular_weight_warnings(self.name, name, cams.smooth_grad_cam_pp_singular(A, Gs, ys))
+        return with_warnings(explanation, found, self.quiet)
 
 
 def _channels_first_noise(

@@ -62,16 +62,26 @@ def counterfactual_grad_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
 
 
 def cam(A: np.ndarray, fc_weight: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """CAM (Zhou et al., 2016) for a global-average-pooling + fully-connected head.
+    """CAM (Zhou et al., 2016, eq. 2) for a global-average-pooling + fully-connected head.
 
-    ``L^c = ReLU(sum_k W_fc[c, k] A_k)``. For such a head ``y^c = sum_k W_ck (1/Z) sum_ij A_kij + b_c``, so
-    ``G_kij = W_ck / Z`` and Grad-CAM's ``alpha_k = W_ck / Z``: CAM equals ``Z`` times Grad-CAM.
+    ``M_c = sum_k W_fc[c, k] A_k``, with no ReLU: the map is signed, as the paper defines it (its positive
+    places speak for the class, its negative ones against it). For such a head
+    ``y^c = sum_k W_ck (1/Z) sum_ij A_kij + b_c``, so ``G_kij = W_ck / Z``, Grad-CAM's ``alpha_k = W_ck / Z``,
+    and
+
+        Grad-CAM = ReLU(CAM) / Z
+
+    The two normalized maps are equal only where CAM is nowhere negative; ``normalize`` stretches a signed map
+    from its minimum (the strongest evidence against the class, shown as 0) to its maximum (1), so the places
+    where CAM is 0 show at ``-min / (max - min)``, not at 0.
 
     Parameters
     ----------
     A : (N, K, h, w) activations entering the pooling.
     fc_weight : (C, K) the dense layer's weight matrix (classes x channels).
     targets : (N,) the class index per image.
+
+    Returns ``(N, h, w)`` float32, signed.
     """
     A = as_maps(A, "A (activations)")
     fc_weight = np.asarray(fc_weight, dtype=np.float64)
@@ -82,24 +92,70 @@ def cam(A: np.ndarray, fc_weight: np.ndarray, targets: np.ndarray) -> np.ndarray
         )
     if targets.shape != (A.shape[0],):
         raise ValueError(f"targets must have shape (N,) = ({A.shape[0]},), got {targets.shape}")
-    return weighted_map(A, fc_weight[targets])
+    W = fc_weight[targets]
+    return np.einsum("nk,nkij->nij", W, A).astype(np.float32)
 
 
-def grad_cam_pp_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+GRAD_CAM_PP_VARIANTS = ("paper", "seed")
+
+
+def grad_cam_pp_weights(A: np.ndarray, G: np.ndarray, variant: str = "paper") -> np.ndarray:
     """Grad-CAM++ channel weights (Chattopadhyay et al., eq. 19, exponential score).
 
     With ``Y = exp(S)`` every derivative of ``Y`` is ``exp(S)`` times a power of ``G = dS/dA``:
     ``dY/dA = exp(S) G``, ``d2Y/dA2 = exp(S) G^2``, ``d3Y/dA3 = exp(S) G^3``. In
 
-        a_kij = G_kij^2 / (2 G_kij^2 + sum_ab A_kab G_kij^3)
+        a_kij = G_kij^2 / (2 G_kij^2 + S_k G_kij^3) = 1 / (2 + S_k G_kij),    S_k = sum_ab A_kab
+        w_k   = sum_ij a_kij ReLU(G_kij)
 
-    the factor ``exp(S)`` cancels, and in ``w_k = sum_ij a_kij ReLU(G_kij)`` it only scales every weight
-    alike, so it is left out (no overflow). ``a`` is 0 where its denominator is 0, with no epsilon: an
-    absolute epsilon would change the map wherever gradients are small, which they are in real networks.
+    the factor ``exp(S)`` cancels, and in ``w`` it only scales every weight alike, so it is left out (no
+    overflow). Only positions with ``G > 0`` count (``ReLU(G)``).
+
+    Assumption: ``A >= 0`` (the layer follows a ReLU). Then ``S_k >= 0`` and wherever ``G > 0`` the factor
+    ``2 + S_k G`` is at least 2, so ``0 < a <= 1/2``. When activations can be negative (LayerNorm,
+    pre-activation layers) ``S_k`` can be negative, and ``2 + S_k G`` vanishes at ``G = -2 / S_k`` (``a`` grows
+    without bound near it) and changes sign past it. Rule: ``a = 0`` where the denominator is 0 or negative (no
+    epsilon: an absolute epsilon changes the map wherever gradients are small); ``grad_cam_pp_singular`` marks
+    the positions where ``a`` would leave ``[0, 1]``, for which the methods warn.
+
+    ``variant="seed"`` is the form of the code quoted in seed 001, whose denominator sums ``A G^3`` over the
+    grid, ``a = G_kij^2 / (2 G_kij^2 + sum_ab A_kab G_kab^3)``: not the paper's, kept by name for comparison
+    (its denominator can vanish even with ``A >= 0``, where negative gradients make the sum negative).
     Returns ``(N, K)`` float32.
     """
+    return _grad_cam_pp_weights(*activations_and_gradients(A, G), variant).astype(np.float32)
+
+
+def _grad_cam_pp_weights(A: np.ndarray, G: np.ndarray, variant: str) -> np.ndarray:
+    G2, G3 = _squared_and_cubed(G)
+    a = _alpha(G2, 2.0 * G2 + _third_order_term(A, G3, variant))
+    return np.einsum("nkij,nkij->nk", a, relu(G))
+
+
+def _third_order_term(A: np.ndarray, G3: np.ndarray, variant: str) -> np.ndarray:
+    """``S_k G_kij^3`` (the paper) or ``sum_ab A_kab G_kab^3`` (seed 001's code)."""
+    if variant == "paper":
+        return A.sum(axis=(2, 3), keepdims=True) * G3
+    if variant == "seed":
+        return (A * G3).sum(axis=(2, 3), keepdims=True)
+    raise ValueError(f"unknown Grad-CAM++ variant {variant!r}; variants are {', '.join(GRAD_CAM_PP_VARIANTS)}")
+
+
+def _alpha(D2: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``a = D2 / denominator`` where the denominator is positive, 0 where it is 0 or negative."""
+    return np.divide(D2, denominator, out=np.zeros_like(D2), where=denominator > 0.0)
+
+
+def grad_cam_pp_singular(A: np.ndarray, G: np.ndarray, variant: str = "paper") -> np.ndarray:
+    """Where Grad-CAM++'s ``a`` leaves ``[0, 1]`` at a position that counts: ``(N, K, h, w)`` bool.
+
+    A position counts where ``G > 0``. There ``a = G^2 / (2 G^2 + T)`` (``T = S_k G^3``, or ``sum_ab A G^3``
+    for the seed variant) exceeds 1, or has no value, exactly where ``G^2 + T < 0``; for the paper's form that
+    is ``S_k G < -1``, impossible when ``A >= 0`` (there ``a <= 1/2``).
+    """
     A, G = activations_and_gradients(A, G)
-    return _pp_weights(A.sum(axis=(2, 3), keepdims=True), G, *_squared_and_cubed(G)).astype(np.float32)
+    G2, G3 = _squared_and_cubed(G)
+    return (G > 0) & (G2 + _third_order_term(A, G3, variant) < 0)
 
 
 def _squared_and_cubed(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,16 +165,14 @@ def _squared_and_cubed(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pp_weights(S: np.ndarray, D1: np.ndarray, D2: np.ndarray, D3: np.ndarray) -> np.ndarray:
-    """``w_k = sum_ij a_kij ReLU(D1_kij)``, ``a = D2 / (2 D2 + S_k D3)``, 0 where the denominator is 0."""
-    denominator = 2.0 * D2 + S * D3
-    a = np.divide(D2, denominator, out=np.zeros_like(D2), where=denominator != 0.0)
-    return np.einsum("nkij,nkij->nk", a, relu(D1))
+    """``w_k = sum_ij a_kij ReLU(D1_kij)``, ``a = D2 / (2 D2 + S_k D3)``, 0 where the denominator is <= 0."""
+    return np.einsum("nkij,nkij->nk", _alpha(D2, 2.0 * D2 + S * D3), relu(D1))
 
 
-def grad_cam_pp(A: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """Grad-CAM++ (Chattopadhyay et al.): ``L = ReLU(sum_k w_k A_k)``, ``w = grad_cam_pp_weights(A, G)``."""
+def grad_cam_pp(A: np.ndarray, G: np.ndarray, variant: str = "paper") -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al.): ``L = ReLU(sum_k w_k A_k)``, ``w = grad_cam_pp_weights(A, G, variant)``."""
     A, G = activations_and_gradients(A, G)
-    return weighted_map(A, _pp_weights(A.sum(axis=(2, 3), keepdims=True), G, *_squared_and_cubed(G)))
+    return weighted_map(A, _grad_cam_pp_weights(A, G, variant))
 
 
 def smooth_grad_cam_pp_weights(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -143,6 +197,13 @@ def smooth_grad_cam_pp_weights(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) ->
 
 
 def _smooth_pp_weights(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    return _pp_weights(*_smooth_derivatives(A, Gs, ys))
+
+
+def _smooth_derivatives(
+    A: np.ndarray, Gs: np.ndarray, ys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``S_k`` and the averaged derivatives ``D1, D2, D3`` of Algorithm 1, float64."""
     A = as_maps(A, "A (activations)")
     Gs = as_maps(Gs, "Gs (gradients of the noisy copies)", "(T, N, K, h, w)", ndim=5)
     ys = as_maps(ys, "ys (scores of the noisy copies)", "(T, N)", ndim=2)
@@ -156,7 +217,15 @@ def _smooth_pp_weights(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndar
     D2 = (e * Gs2).mean(axis=0)
     D3 = (e * Gs3).mean(axis=0)
     S = A.sum(axis=(2, 3), keepdims=True)
-    return _pp_weights(S, D1, D2, D3)
+    return S, D1, D2, D3
+
+
+def smooth_grad_cam_pp_singular(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Where Smooth Grad-CAM++'s ``a = D2 / (2 D2 + S_k D3)`` leaves ``[0, 1]`` at a position that counts
+    (``D1 > 0``): ``D2 + S_k D3 < 0``, impossible when ``A >= 0``. ``(N, K, h, w)`` bool
+    (``grad_cam_pp_singular`` explains the rule)."""
+    S, D1, D2, D3 = _smooth_derivatives(A, Gs, ys)
+    return (D1 > 0) & (D2 + S * D3 < 0)
 
 
 def smooth_grad_cam_pp(A: np.ndarray, Gs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -197,25 +266,43 @@ def hires_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     return relu((G * A).sum(axis=1)).astype(np.float32)
 
 
-def eigen_cam(A: np.ndarray) -> np.ndarray:
+def eigen_cam(A: np.ndarray, centred: bool = False) -> np.ndarray:
     """Eigen-CAM (Muhammad & Yeasin, 2020): the activations projected on their first principal component.
 
     Per image, ``O = A`` reshaped to ``(Z, K)`` (one row per position), ``O = U S V^T``; the map is
-    ``L = ReLU(O v_1)`` reshaped to ``(h, w)``. As in the paper, ``O`` is not centred. The sign of a
-    singular vector is arbitrary, so it is chosen to make the projection agree (positive inner product)
-    with the mean activation over channels. No gradient is used.
+    ``L = ReLU(O v_1)`` reshaped to ``(h, w)``. No gradient is used.
+
+    As in the paper, ``O`` is not centred; ``centred=True`` subtracts each channel's mean over the positions
+    first, ``O - mean_ij O``, as pytorch-grad-cam does (its maps then equal these up to the sign below).
+
+    The sign of a singular vector is arbitrary (``-v_1`` is as good as ``v_1``), so it is chosen from the
+    projection ``p = O v_1`` alone: the orientation whose positive part carries more of the energy,
+    ``sum ReLU(p)^2 >= sum ReLU(-p)^2``; on a tie, the one whose entry of largest ``|p|`` (the first such
+    position) is positive. The rule gives ``p`` and ``-p`` the same map, so it does not depend on which sign
+    the SVD returned, and the map is all zero only when ``p`` is (a layer whose activations are all zero).
+    For non-negative activations (after a ReLU) ``p`` has one sign everywhere, and the rule makes it positive.
+    Comparing ``p`` with the mean activation over channels instead, a coin toss where that mean is about 0
+    (after LayerNorm or hard-swish), returned all-zero maps on real networks.
     """
     A = as_maps(A, "A (activations)")
     n, k, h, w = A.shape
     maps = np.zeros((n, h * w))
     for i in range(n):
         O = A[i].reshape(k, h * w).T
+        if centred:
+            O = O - O.mean(axis=0)
         _, _, Vt = np.linalg.svd(O, full_matrices=False)
-        projection = O @ Vt[0]
-        if projection @ O.mean(axis=1) < 0:
-            projection = -projection
-        maps[i] = projection
+        maps[i] = _oriented(O @ Vt[0])
     return relu(maps).reshape(n, h, w).astype(np.float32)
+
+
+def _oriented(p: np.ndarray) -> np.ndarray:
+    """``p`` or ``-p``: the one whose positive part carries more energy, ``sum p|p| > 0``; on a tie, the one
+    whose first entry of largest ``|p|`` is positive. ``_oriented(-p) == _oriented(p)`` exactly."""
+    balance = np.sum(p * np.abs(p))
+    if balance == 0.0:
+        balance = p[np.argmax(np.abs(p))]
+    return -p if balance < 0 else p
 
 
 def guided_grad_cam(guided_gradients: np.ndarray, maps: np.ndarray) -> np.ndarray:

@@ -10,23 +10,29 @@ beside it, one idea per file:
   changed), and the abstract trace that names the layers and the output shape;
 * ``compiled``: the probe as one ``jax.jit`` function (one forward, one ``jax.vjp`` with respect to
   the layer outputs only), compiled once per model structure and input shape;
-* ``guided``: Guided Backprop and Deconvnet by evaluating the forward's jaxpr with its ReLUs replaced.
+* ``guided``: Guided Backprop and Deconvnet by evaluating the forward's jaxpr with its ReLUs replaced;
+* ``nnx``: Flax ``nnx`` modules, split into structure and state and merged again inside each trace.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from gradcam.backends import common
+from gradcam.backends import choice, common, layouts
+from gradcam.backends.jax import nnx
 from gradcam.backends.jax.compiled import run, trace_count
 from gradcam.backends.jax.model import (
     CACHE,
     FEATURES,
+    AnyModel,
     FlaxModel,
     JaxModel,
+    NnxModel,
     ablated_forward,
     as_model,
     forward,
@@ -45,11 +51,14 @@ __all__ = [
     "FEATURES",
     "JaxModel",
     "FlaxModel",
+    "NnxModel",
     "is_model",
     "to_numpy",
     "input_channel_axis",
     "layer_names",
     "layer_shapes",
+    "explained_model",
+    "layer_choice",
     "default_layer",
     "probe",
     "input_gradient",
@@ -64,9 +73,9 @@ LAYOUT = "N, H, W, C"
 
 
 def is_model(model: Any) -> bool:
-    """Whether ``model`` is (or looks meant to be) a JAX model: ``JaxModel``, ``FlaxModel``, a pair
-    ``(features, head)`` or ``(module, variables)``, or a bare Flax module / jitted function (refused
-    later with what to pass instead)."""
+    """Whether ``model`` is (or looks meant to be) a JAX model: ``JaxModel``, ``FlaxModel``, ``NnxModel`` or a
+    Flax ``nnx.Module``, a pair ``(features, head)`` or ``(module, variables)``, or a bare linen module / jitted
+    function (refused later with what to pass instead)."""
     return looks_like_model(model)
 
 
@@ -100,11 +109,67 @@ def layer_shapes(model: Any, x: Any) -> list[tuple[str, tuple[int, ...]]]:
     return [(name, call.shape) for name, call in calls.items() if call.shape is not None]
 
 
-def default_layer(model: Any, x: Any) -> str:
-    """The last layer, in execution order, whose output is a spatial map (h, w > 1)."""
+def explained_model(model: Any, output: Any = None, probability: bool = False) -> tuple[Any, tuple[str, ...]]:
+    """The model to explain (a ``JaxModel``, ``FlaxModel`` or ``NnxModel``) and notes about what was done.
+
+    ``output`` selects one output of a dict, tuple or dataclass (a key, an index, a field). A final softmax
+    inside a JAX function cannot be taken off; ``probability`` is accepted for the contract and changes nothing.
+    """
     jm = as_model(model)
-    shapes = layer_shapes(jm, _as_batch(x)[:1])
-    return common.last_spatial(shapes, lambda name, shape: _is_spatial(shape, jm.channel_axis))
+    notes = []
+    if isinstance(jm, NnxModel) and jm.module is model:
+        notes.append(
+            f"explaining the nnx module {type(model).__name__} on a copy made inside each trace; layers are its "
+            "attribute paths (e.g. 'blocks/0')"
+        )
+    if output is not None:
+        jm = dataclasses.replace(jm, output=output)
+        notes.append(f"explaining the model's output {output!r}")
+    return jm, tuple(notes)
+
+
+def layer_choice(model: Any, x: Any) -> choice.LayerChoice:
+    """The automatic layer for inputs shaped like ``x``, by the rule of ``gradcam.backends.choice``.
+
+    A trace (nothing computed) lists the layers; one compiled probe per layer tried says whether the score
+    depends on it (usually the last candidate, so one). The whole batch ``x`` is used: the probe compiled for
+    the chosen layer is then the very one a method runs on ``x`` (compiling costs more than computing).
+    """
+    jm = as_model(model)
+    sample = _as_batch(x)
+    native = _native(jm.channel_axis)
+    weighted = set(variable_paths(jm)) if not isinstance(jm, JaxModel) else {FEATURES}
+    modules = nnx.module_paths(jm.module) if isinstance(jm, NnxModel) else {}
+    infos = [
+        choice.LayerInfo(
+            name,
+            shape,
+            native,
+            weighted=name in weighted,
+            normalization="norm" in name.rsplit("/", 1)[-1].lower()
+            or "Norm" in type(modules.get(name)).__name__,
+        )
+        for name, shape in layer_shapes(jm, sample)
+    ]
+
+    output_shape = trace(structure_of(jm), variables_of(jm), sample).output_shape
+
+    def depends(name: str) -> bool:
+        # the default target (top-1 class) for class scores, so that the compiled probe is the one a method reuses
+        target = None if output_shape is not None and len(output_shape) == 2 else _dependence_score
+        try:
+            found = probe(jm, sample, name, target=target)
+        except common.ScoreIndependentError:
+            return False
+        return bool(np.any(found.gradients[name] != 0))
+
+    size = _spatial_size(sample.shape, jm.channel_axis)
+    return choice.choose(infos, size, sample.shape[0], depends, output_shape)
+
+
+def default_layer(model: Any, x: Any) -> str:
+    """The automatic layer for inputs shaped like ``x``: ``layer_choice(model, x).name``."""
+    return layer_choice(model, x).name
 
 
 def predict(model: Any, x: Any, batch_size: int | None = None) -> np.ndarray:
@@ -152,8 +217,9 @@ def probe(
         ``None`` (top-1 class per image), an int, one int per image, or a callable
         ``f(outputs) -> (N,)`` written in ``jax.numpy``. The gradient is that of ``sum_n y_n``.
     reshape
-        Applied to each layer's activations and gradients (as NumPy, after moving 4-D channels to
-        axis 1) to get ``(N, K, h, w)``, e.g. ``gradcam.vit_reshape`` for ViT tokens.
+        How each layer's output is read as ``(N, K, h, w)``: a layout name (``"NHWC"``, ``"NTC:1"``;
+        ``gradcam.backends.layouts``), a function on the NumPy array (a 4-D map given to it channels first), or
+        ``None`` to infer the layout from the output's shape.
 
     Raises
     ------
@@ -167,7 +233,10 @@ def probe(
     specs = common.required_layers(layers)
     names = resolve_layers(jm, batch, specs)
     result = run(jm, batch, names, "plain", False, target)
-    return _make_probe(jm, names, result, batch, reshape)
+    try:
+        return _make_probe(jm, names, result, batch, reshape)
+    except layouts.LayoutError as error:
+        raise common.with_better_layer(error, lambda: default_layer(jm, batch)) from None
 
 
 def input_gradient(
@@ -183,8 +252,9 @@ def input_gradient(
     ``rule``: ``"plain"``; ``"guided"`` (Guided Backprop: a ReLU passes the gradient only where its
     input > 0 AND the incoming gradient > 0); ``"deconvnet"`` (only where the incoming gradient > 0).
     The rules act on every ``jax.nn.relu`` (``flax.linen.relu`` is the same function) and every
-    ``jnp.maximum(x, 0)`` of the forward; a model without any is refused. With ``layers``, the same
-    call also returns those layers' activations and *plain* gradients in ``result.probe``.
+    ``jnp.maximum(x, 0)`` of the forward; ``result.relu_count`` says how many (0: the gradient is the plain
+    one). With ``layers``, the same call also returns those layers' activations and *plain* gradients in
+    ``result.probe``.
     """
     common.check_rule(rule)
     jm = as_model(model)
@@ -197,29 +267,33 @@ def input_gradient(
         targets=result["targets"].astype(np.int64),
         logits=result.get("logits"),
         probe=_make_probe(jm, names, result, batch, reshape) if names else None,
+        relu_count=int(result["relu_count"]),
     )
 
 
-def predict_ablated(model: Any, x: Any, layer: Any, channels: Any) -> np.ndarray:
+def predict_ablated(model: Any, x: Any, layer: Any, channels: Any, reshape: common.Reshape | None = None) -> np.ndarray:
     """The model's outputs ``(N, ...)`` with channel ``channels[n]`` of ``layer``'s output set to zero
     for image ``n`` (``-1``: nothing zeroed), forward only, jitted; the model is not changed.
 
-    Channels count as in the probe's ``(N, K, h, w)`` arrays. A layer that runs more than once in
-    one forward is refused: which of its calls to ablate would be a guess.
+    Channels count as in the probe's ``(N, K, h, w)`` arrays: the output is read with the layout ``reshape``
+    names (``None``: inferred), so tokens lose a channel at every patch token (special tokens keep theirs). A
+    layer that runs more than once in one forward is refused: which of its calls to ablate would be a guess.
     """
     jm = as_model(model)
     batch = _as_batch(x)
     (name,) = resolve_layers(jm, batch, [layer])
-    structure, axis = structure_of(jm), jm.channel_axis
+    structure = structure_of(jm)
     call = trace(structure, variables_of(jm), batch).calls[name]
     if call.count > 1:
         raise common.ambiguous_ablation(name)
-    if len(call.shape) != 4:
-        raise ValueError(f"layer {name!r} outputs shape {call.shape}, not a 4-D map; it cannot be ablated by channel")
+    size = _spatial_size(batch.shape, jm.channel_axis)
+    axis, first = common.ablation_axis(name, call.shape, reshape, _native(jm.channel_axis), size, batch.shape[0])
     chosen = np.asarray(channels, dtype=np.int32).reshape(-1)
     if chosen.shape != (batch.shape[0],):
         raise ValueError(f"got {chosen.size} channels for a batch of {batch.shape[0]} images; give one per image")
-    compiled = CACHE.get(("ablated", structure, name, axis), lambda: jax.jit(ablated_forward(structure, name, axis)))
+    compiled = CACHE.get(
+        ("ablated", structure, name, axis, first), lambda: jax.jit(ablated_forward(structure, name, axis, first))
+    )
     return np.asarray(compiled(variables_of(jm), batch, chosen), dtype=np.float32)
 
 
@@ -232,10 +306,14 @@ def dense_weight(model: Any, layer: Any) -> np.ndarray:
             "CAM on a global-average-pooling + dense head"
         )
     name = resolve_name(variable_paths(jm), layer)
-    node: Any = jm.variables.get("params", {})
-    for part in name.split("/"):
-        node = node.get(part, {}) if isinstance(node, Mapping) else {}
-    kernel = node.get("kernel") if isinstance(node, Mapping) else None
+    if isinstance(jm, NnxModel):
+        kernel = getattr(nnx.module_paths(jm.module)[name], "kernel", None)
+        kernel = None if kernel is None else kernel.value
+    else:
+        node: Any = jm.variables.get("params", {})
+        for part in name.split("/"):
+            node = node.get(part, {}) if isinstance(node, Mapping) else {}
+        kernel = node.get("kernel") if isinstance(node, Mapping) else None
     if kernel is None or np.ndim(kernel) != 2:
         raise ValueError(f"layer {name!r} has no 2-D 'kernel' parameter; it is not a Dense layer")
     return np.asarray(kernel, dtype=np.float32).T.copy()
@@ -251,27 +329,38 @@ def _as_batch(x: Any) -> np.ndarray:
 
 
 def _make_probe(
-    jm: JaxModel | FlaxModel,
+    jm: AnyModel,
     names: list[str],
     result: dict[str, Any],
     batch: np.ndarray,
     reshape: common.Reshape | None,
 ) -> Probe:
     """The compiled probe's results in the canonical forms: ``(N, K, h, w)`` maps by layer name."""
-    axis = jm.channel_axis
-
-    def canonical(name: str, array: np.ndarray) -> np.ndarray:
-        return common.canonical_map(name, common.channels_first(array, axis), reshape)
-
+    native, size, n = _native(jm.channel_axis), _spatial_size(batch.shape, jm.channel_axis), batch.shape[0]
+    activations, gradients, read_as = {}, {}, {}
+    for name, a, g in zip(names, result["activations"], result["gradients"], strict=True):
+        activations[name], read_as[name] = common.read_map(name, a, reshape, native, size, n)
+        gradients[name], _ = common.read_map(name, g, reshape, native, size, n)
     return Probe(
-        activations={n: canonical(n, a) for n, a in zip(names, result["activations"], strict=True)},
-        gradients={n: canonical(n, g) for n, g in zip(names, result["gradients"], strict=True)},
+        activations=activations,
+        gradients=gradients,
         scores=result["scores"].astype(np.float32),
         targets=result["targets"].astype(np.int64),
         logits=result.get("logits"),
-        input_size=_spatial_size(batch.shape, axis),
+        input_size=size,
         layers=list(names),
+        layouts=read_as,
     )
+
+
+def _native(channel_axis: int) -> str:
+    return "NHWC" if channel_axis in (-1, 3) else "NCHW"
+
+
+def _dependence_score(outputs: Any) -> jax.Array:
+    """For an output that is not class scores, each image's sum of every output (does a layer matter at all?)."""
+    leaves = jax.tree_util.tree_leaves(outputs)
+    return sum(jnp.reshape(leaf, (leaf.shape[0], -1)).sum(axis=1).astype(jnp.float32) for leaf in leaves)
 
 
 def _spatial_axes(ndim: int, channel_axis: int) -> list[int]:
@@ -282,7 +371,3 @@ def _spatial_axes(ndim: int, channel_axis: int) -> list[int]:
 def _spatial_size(shape: tuple[int, ...], channel_axis: int) -> tuple[int, int]:
     h, w = (shape[axis] for axis in _spatial_axes(len(shape), channel_axis))
     return int(h), int(w)
-
-
-def _is_spatial(shape: tuple[int, ...], channel_axis: int) -> bool:
-    return len(shape) == 4 and all(shape[axis] > 1 for axis in _spatial_axes(4, channel_axis))

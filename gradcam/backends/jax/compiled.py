@@ -30,7 +30,7 @@ _TRACES: collections.Counter[tuple[Any, ...]] = collections.Counter()
 
 
 def run(
-    jm: model.JaxModel | model.FlaxModel,
+    jm: model.AnyModel,
     batch: np.ndarray,
     names: list[str],
     rule: str,
@@ -44,7 +44,8 @@ def run(
     dict
         NumPy arrays: ``scores``, ``targets`` (the class per image, -1 for a callable target),
         ``activations`` and ``gradients`` (tuples in the order of ``names``), ``logits`` when the
-        output is ``(N, classes)``, and ``input_gradient`` when asked for.
+        output is ``(N, classes)``, and ``input_gradient`` when asked for; ``relu_count``, the number of ReLUs
+        the rule rewrote (-1 for the plain rule).
     """
     structure, variables = model.structure_of(jm), model.variables_of(jm)
     output_shape = model.trace(structure, variables, batch).output_shape
@@ -58,10 +59,18 @@ def run(
     classes = np.clip(classes, common.TOP1, np.iinfo(np.int32).max).astype(np.int32)
     target_fn = target if callable(target) else None
     key = ("probe", structure, tuple(names), rule, with_input_gradient, target_fn)
-    fn = model.CACHE.get(
-        key, lambda: jax.jit(_Probe(key, structure, tuple(names), rule, with_input_gradient, target_fn))
+    traced, fn = model.CACHE.get(
+        key, lambda: _compiled(key, structure, tuple(names), rule, with_input_gradient, target_fn)
     )
-    return jax.tree_util.tree_map(np.asarray, fn(variables, batch, classes))
+    result = jax.tree_util.tree_map(np.asarray, fn(variables, batch, classes))
+    result["relu_count"] = traced.relu_count
+    return result
+
+
+def _compiled(key: tuple[Any, ...], *args: Any) -> tuple[_Probe, Callable[..., Any]]:
+    """The probe object (which keeps what its trace counted) and its jitted function."""
+    traced = _Probe(key, *args)
+    return traced, jax.jit(traced)
 
 
 def trace_count(structure: model.Structure) -> int:
@@ -88,6 +97,8 @@ class _Probe:
         self.rule = rule
         self.with_input_gradient = with_input_gradient
         self.target_fn = target_fn
+        # ReLUs the rule rewrote, counted while tracing (every trace of one structure counts the same)
+        self.relu_count = -1
 
     def __call__(self, variables: Any, x: jax.Array, classes: jax.Array) -> dict[str, Any]:
         _TRACES[self.key] += 1
@@ -153,7 +164,7 @@ class _Probe:
         return jnp.sum(scores), (outputs, scores, targets, captured)
 
     def _rectified_total(self, variables: Any, classes: jax.Array, x: jax.Array) -> tuple[jax.Array, tuple[Any, ...]]:
-        outputs = rectified_forward(self.structure, variables, x, self.rule)
+        outputs, self.relu_count = rectified_forward(self.structure, variables, x, self.rule)
         scores, targets = _target_scores(outputs, classes, self.target_fn)
         return jnp.sum(scores), (outputs, scores, targets)
 

@@ -5,7 +5,9 @@ hook to do that (its ReLUs are plain function calls, ``flax.linen.relu`` is ``ja
 model is not changed either: the forward is traced to a jaxpr and evaluated again with every
 ``jax.nn.relu`` (and every ``max(x, 0)``) replaced by a ``jax.custom_vjp`` ReLU with the rule's
 backward. Calls into ``jit`` and ``remat`` are inlined to reach their ReLUs; a ReLU inside a loop or
-a branch (``nn.scan``, ``lax.cond``) is refused with an error rather than silently left plain.
+a branch (``nn.scan``, ``lax.cond``) is refused with an error rather than silently left plain. A
+``max(0, variance)`` whose result goes into a square root is a normalization's clamp, not a ReLU of the
+model (Flax's LayerNorm and BatchNorm in training mode write one), and keeps its plain backward.
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ from gradcam.backends.jax.model import Structure, forward
 
 # call-like primitives whose body is evaluated in place to reach the ReLUs inside
 _INLINED = frozenset({"jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint"})
+# what may lie between a normalization's variance clamp and its square root
+_ON_THE_WAY = frozenset(
+    {"add", "convert_element_type", "mul", "sub", "div", "reshape", "broadcast_in_dim", "squeeze", "expand_dims"}
+)
 # primitives whose body has its own derivative rule: their insides are not the model's ReLUs
 _OPAQUE = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
 
@@ -46,20 +52,25 @@ def _rectifier(rule: str) -> Callable[[jax.Array], jax.Array]:
 _RECTIFIERS = {rule: _rectifier(rule) for rule in ("guided", "deconvnet")}
 
 
-def rectified_forward(structure: Structure, variables: Any, x: jax.Array, rule: str) -> Any:
-    """The model's outputs with every ReLU replaced by the ``custom_vjp`` ReLU of ``rule`` (guided | deconvnet).
+def rectified_forward(structure: Structure, variables: Any, x: jax.Array, rule: str) -> tuple[Any, int]:
+    """The model's outputs with every ReLU replaced by the ``custom_vjp`` ReLU of ``rule`` (guided | deconvnet), and
+    the number of ReLUs replaced (0: the outputs are the plain forward's, and so will their gradient be).
 
     Raises
     ------
     ValueError
-        When the forward has no ReLU, or has one inside a loop or a branch.
+        When the forward has a ReLU inside a loop or a branch.
     """
     closed, out_shape = jax.make_jaxpr(lambda v, xb: forward(structure, v, xb), return_shape=True)(variables, x)
-    if not _has_relu(closed.jaxpr):
-        raise ValueError(f"{rule} needs ReLUs (jax.nn.relu or jnp.maximum(x, 0)); this model's forward has none")
     flat = jax.tree_util.tree_leaves((variables, x))
-    outputs = _eval_rectified(closed.jaxpr, closed.consts, flat, _RECTIFIERS[rule])
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outputs)
+    replaced: list[None] = []
+
+    def relu(operand: Any) -> Any:
+        replaced.append(None)
+        return _RECTIFIERS[rule](operand)
+
+    outputs = _eval_rectified(closed.jaxpr, closed.consts, flat, relu)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outputs), len(replaced)
 
 
 def _eval_rectified(jaxpr: Any, consts: list[Any], args: list[Any], relu: Callable[[Any], Any]) -> list[Any]:
@@ -71,9 +82,10 @@ def _eval_rectified(jaxpr: Any, consts: list[Any], args: list[Any], relu: Callab
 
     env.update(zip(jaxpr.constvars, consts, strict=True))
     env.update(zip(jaxpr.invars, args, strict=True))
+    clamps = _variance_clamps(jaxpr)
     for eqn in jaxpr.eqns:
         inputs = [read(v) for v in eqn.invars]
-        if _is_relu(eqn):
+        if _is_relu(eqn) and id(eqn) not in clamps:
             operand = next(
                 v for v, var in zip(inputs, eqn.invars, strict=True) if not isinstance(var, jax_core.Literal)
             )
@@ -128,7 +140,30 @@ def _is_relu_body(jaxpr: Any) -> bool:
 
 
 def _has_relu(jaxpr: Any) -> bool:
-    return any(_is_relu(eqn) or _eqn_has_relu(eqn) for eqn in jaxpr.eqns)
+    clamps = _variance_clamps(jaxpr)
+    return any((_is_relu(eqn) and id(eqn) not in clamps) or _eqn_has_relu(eqn) for eqn in jaxpr.eqns)
+
+
+def _variance_clamps(jaxpr: Any) -> set[int]:
+    """The ids of the ``max(x, 0)`` equations whose result reaches a square root within four elementwise or
+    reshaping steps (``rsqrt(reshape(max(0, var)) + eps)``): normalizations' variance clamps, not ReLUs."""
+    users: dict[Any, list[Any]] = {}
+    for eqn in jaxpr.eqns:
+        for var in eqn.invars:
+            if not isinstance(var, jax_core.Literal):
+                users.setdefault(var, []).append(eqn)
+    clamps = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name != "max" or not _is_relu(eqn):
+            continue
+        frontier = list(eqn.outvars)
+        for _ in range(4):
+            reached = [user for var in frontier for user in users.get(var, [])]
+            if any(user.primitive.name in ("rsqrt", "sqrt") for user in reached):
+                clamps.add(id(eqn))
+                break
+            frontier = [out for user in reached if user.primitive.name in _ON_THE_WAY for out in user.outvars]
+    return clamps
 
 
 def _eqn_has_relu(eqn: Any) -> bool:

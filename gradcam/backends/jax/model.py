@@ -10,6 +10,8 @@ Why this module exists (DESIGN.md sections 5 and 7):
 * A Flax module is never changed. ``flax.linen.intercept_methods`` sees every submodule's
   ``__call__`` during one trace and hands each output to a callback, which may pass it on changed
   (the probe adds a zero to take the gradient there, the ablation zeroes a channel).
+* A Flax ``nnx`` module is split into its structure and state and merged again inside each trace (``nnx``).
+* ``output`` selects one entry of a dict, tuple or dataclass output, for every kind of model.
 * A layer called more than once in one forward is taken at its **last** call, as in the torch backend.
 * The layers, their output shapes and the model's output shape come from one abstract trace
   (``jax.eval_shape``: nothing computed), cached per input shape; the output shape lets class targets
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradcam.backends import common
+from gradcam.backends.jax import nnx
 
 FEATURES = "features"
 
@@ -50,11 +53,14 @@ class JaxModel:
         The layer they meet at is called ``"features"``.
     channel_axis
         Axis of the channels in ``x`` and in the features (``-1``: NHWC, as Flax; ``1``: NCHW).
+    output
+        The output to explain when ``head`` returns several: a dict key, a tuple index or a dataclass field.
     """
 
     features: Callable[[Any], Any]
     head: Callable[[Any], Any]
     channel_axis: int = -1
+    output: Hashable = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,11 @@ class FlaxModel:
     method
         The module method to apply (``None``: ``__call__``).
     apply_kwargs
-        Static keyword arguments of every ``apply`` (e.g. ``{"train": False}``); hashable values.
+        Static keyword arguments of every ``apply``: a module whose ``__call__`` takes a flag such as
+        ``train`` is explained with ``FlaxModel(module, variables, apply_kwargs={"train": False})``; hashable
+        values (arrays go in the variables).
+    output
+        The output to explain when the module returns several: a dict key, a tuple index or a dataclass field.
     """
 
     module: Any
@@ -78,6 +88,28 @@ class FlaxModel:
     channel_axis: int = -1
     method: str | Callable[..., Any] | None = None
     apply_kwargs: Mapping[str, Hashable] = field(default_factory=dict)
+    output: Hashable = None
+
+
+@dataclass(frozen=True, eq=False)
+class NnxModel:
+    """A Flax ``nnx.Module`` as it is (a bare one is taken as this); layers are attribute paths (``"blocks/0"``).
+
+    Parameters
+    ----------
+    module
+        The module, called as ``module(x)`` on a copy made inside each trace: it is never changed. Put it in the
+        mode to explain first (``module.eval()``: batch norm with running statistics, no dropout).
+    channel_axis, output
+        As for ``FlaxModel``.
+    """
+
+    module: Any
+    channel_axis: int = -1
+    output: Hashable = None
+
+
+AnyModel = JaxModel | FlaxModel | NnxModel
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,12 +120,13 @@ class Structure:
     attributes (a list field) is keyed by identity instead.
     """
 
-    kind: str  # "pair" | "flax"
+    kind: str  # "pair" | "flax" | "nnx" (module: the graph definition)
     features: Any = None
     head: Any = None
     module: Any = None
     method: Any = None
     apply_kwargs: tuple[tuple[str, Hashable], ...] = ()
+    output: Hashable = None
 
     def __post_init__(self) -> None:
         module_key: Any = self.module
@@ -101,7 +134,7 @@ class Structure:
             hash(module_key)
         except TypeError:
             module_key = _Identity(self.module)
-        key = (self.kind, self.features, self.head, module_key, self.method, self.apply_kwargs)
+        key = (self.kind, self.features, self.head, module_key, self.method, self.apply_kwargs, self.output)
         object.__setattr__(self, "_key", key)
 
     def __hash__(self) -> int:
@@ -142,21 +175,24 @@ class Trace(NamedTuple):
 
 def looks_like_model(model: Any) -> bool:
     """Whether ``model`` is, or looks meant to be, a JAX model (a bare one is refused by ``as_model``)."""
-    return isinstance(model, (JaxModel, FlaxModel)) or _is_pair(model) or _is_bare(model)
+    models = (JaxModel, FlaxModel, NnxModel)
+    return isinstance(model, models) or nnx.is_nnx_module(model) or _is_pair(model) or _is_bare(model)
 
 
-def as_model(model: Any) -> JaxModel | FlaxModel:
-    """``model`` as a ``JaxModel`` or ``FlaxModel``; what cannot be split at a layer is refused."""
-    if isinstance(model, (JaxModel, FlaxModel)):
+def as_model(model: Any) -> AnyModel:
+    """``model`` as a ``JaxModel``, ``FlaxModel`` or ``NnxModel``; what cannot be split at a layer is refused."""
+    if isinstance(model, (JaxModel, FlaxModel, NnxModel)):
         return model
+    if nnx.is_nnx_module(model):
+        return NnxModel(model)
     if _is_pair(model):
         first, second = model
         return FlaxModel(first, second) if _is_flax_module(first) else JaxModel(first, second)
     if _is_bare(model):
         raise TypeError(
             "this JAX model does not say where its layers are: pass (features, head), two functions with "
-            "head(features(x)) the outputs (or gradcam.backends.jax.JaxModel), or a Flax module with its "
-            "variables as (module, variables) (or gradcam.backends.jax.FlaxModel)"
+            "head(features(x)) the outputs (or gradcam.backends.jax.JaxModel), a Flax linen module with its "
+            "variables as (module, variables) (or gradcam.backends.jax.FlaxModel), or a Flax nnx module"
         )
     raise TypeError(
         f"the jax backend explains a (features, head) pair or a Flax (module, variables) pair, "
@@ -183,10 +219,12 @@ def _is_flax_module(obj: Any) -> bool:
     return linen is not None and isinstance(obj, linen.Module)
 
 
-def structure_of(jm: JaxModel | FlaxModel) -> Structure:
+def structure_of(jm: AnyModel) -> Structure:
     """The model without its variables: what a compiled function closes over, and its cache key."""
     if isinstance(jm, JaxModel):
-        return Structure("pair", features=jm.features, head=jm.head)
+        return Structure("pair", features=jm.features, head=jm.head, output=jm.output)
+    if isinstance(jm, NnxModel):
+        return Structure("nnx", module=nnx.split(jm.module)[0], output=jm.output)
     kwargs = tuple(sorted(jm.apply_kwargs.items()))
     try:
         hash(kwargs)
@@ -195,16 +233,21 @@ def structure_of(jm: JaxModel | FlaxModel) -> Structure:
             "FlaxModel.apply_kwargs must hold static, hashable values (flags such as train=False); "
             "pass arrays through the variables"
         ) from None
-    return Structure("flax", module=jm.module, method=jm.method, apply_kwargs=kwargs)
+    return Structure("flax", module=jm.module, method=jm.method, apply_kwargs=kwargs, output=jm.output)
 
 
-def variables_of(jm: JaxModel | FlaxModel) -> Any:
-    """The argument a compiled function takes for the model's variables (None for a pair)."""
+def variables_of(jm: AnyModel) -> Any:
+    """The argument a compiled function takes for the model's variables (None for a pair, the state for nnx)."""
+    if isinstance(jm, NnxModel):
+        return nnx.split(jm.module)[1]
     return jm.variables if isinstance(jm, FlaxModel) else None
 
 
-def variable_paths(jm: FlaxModel) -> list[str]:
-    """The paths of the modules that own variables and their parents, in the variables' order."""
+def variable_paths(jm: FlaxModel | NnxModel) -> list[str]:
+    """The paths of the modules that own variables and their parents, in the variables' order (for nnx: every
+    submodule's attribute path)."""
+    if isinstance(jm, NnxModel):
+        return list(nnx.module_paths(jm.module))
     names: dict[str, None] = {}
 
     def visit(tree: Mapping[str, Any], prefix: str) -> None:
@@ -219,12 +262,19 @@ def variable_paths(jm: FlaxModel) -> list[str]:
 
 
 def forward(structure: Structure, variables: Any, x: Any, on_output: OnOutput | None = None) -> Any:
-    """The model's outputs; each layer output passes through ``on_output(name, call_index, output)``."""
+    """The model's outputs (the selected one); each layer output passes through ``on_output(name, call_index,
+    output)``."""
+    return select_output(_outputs(structure, variables, x, on_output), structure.output)
+
+
+def _outputs(structure: Structure, variables: Any, x: Any, on_output: OnOutput | None) -> Any:
     if structure.kind == "pair":
         features = structure.features(x)
         if on_output is not None:
             features = on_output(FEATURES, 0, features)
         return structure.head(features)
+    if structure.kind == "nnx":
+        return nnx.forward(structure.module, variables, x, on_output)
     import flax.linen as nn
 
     kwargs = dict(structure.apply_kwargs)
@@ -245,15 +295,40 @@ def forward(structure: Structure, variables: Any, x: Any, on_output: OnOutput | 
         return structure.module.apply(variables, x, method=structure.method, **kwargs)
 
 
-def ablated_forward(structure: Structure, name: str, channel_axis: int) -> Callable[..., Any]:
-    """``(variables, x, channels) -> outputs`` with channel ``channels[n]`` of layer ``name`` zeroed in image ``n``."""
+def select_output(outputs: Any, output: Hashable) -> Any:
+    """``outputs[output]`` (a key or index) or ``outputs.output`` (a dataclass field); ``outputs`` for ``None``.
+
+    Raises
+    ------
+    KeyError
+        When ``output`` names nothing in ``outputs``; the message lists what there is.
+    """
+    if output is None:
+        return outputs
+    if isinstance(outputs, Mapping):
+        if output in outputs:
+            return outputs[output]
+    elif isinstance(output, str) and hasattr(outputs, output):
+        return getattr(outputs, output)
+    elif isinstance(output, int) and isinstance(outputs, (tuple, list)) and -len(outputs) <= output < len(outputs):
+        return outputs[output]
+    what = f"keys {list(outputs)}" if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
+    raise KeyError(f"the model's output has no {output!r}; it has {what}")
+
+
+def ablated_forward(structure: Structure, name: str, axis: int, first: int) -> Callable[..., Any]:
+    """``(variables, x, channels) -> outputs`` with channel ``channels[n]`` of layer ``name`` zeroed in image ``n``:
+    on ``axis`` of the layer's output and, for tokens ``(N, T, C)``, at tokens ``first`` onward only."""
 
     def run(variables: Any, x: jax.Array, channels: jax.Array) -> Any:
         def ablate(layer: str, index: int, output: Any) -> Any:
             if layer != name:
                 return output
-            keep = 1 - jax.nn.one_hot(channels, output.shape[channel_axis], dtype=output.dtype)
-            return output * jnp.moveaxis(keep[:, None, None, :], -1, channel_axis)
+            dropped = jax.nn.one_hot(channels, output.shape[axis], dtype=output.dtype)  # (N, K)
+            if output.ndim == 3:
+                patches = (jnp.arange(output.shape[1]) >= first).astype(output.dtype)
+                return output * (1 - dropped[:, None, :] * patches[None, :, None])
+            return output * jnp.moveaxis(1 - dropped[:, None, None, :], -1, axis)
 
         return forward(structure, variables, x, ablate)
 
@@ -286,7 +361,7 @@ def _shape_dtype(value: Any) -> tuple[tuple[int, ...] | None, Any]:
     return None, None
 
 
-def resolve_layers(jm: JaxModel | FlaxModel, batch: np.ndarray, specs: list[Any]) -> list[str]:
+def resolve_layers(jm: AnyModel, batch: np.ndarray, specs: list[Any]) -> list[str]:
     """Canonical names of the requested layers, in the order given, without repeats."""
     if not specs:
         return []
@@ -304,9 +379,9 @@ def resolve_layers(jm: JaxModel | FlaxModel, batch: np.ndarray, specs: list[Any]
     return list(resolved)
 
 
-def _refuse_if_not_called(jm: JaxModel | FlaxModel, spec: str) -> None:
+def _refuse_if_not_called(jm: AnyModel, spec: str) -> None:
     """The "did not run" error for a module that owns variables but was not called in this forward."""
-    if isinstance(jm, FlaxModel):
+    if isinstance(jm, (FlaxModel, NnxModel)):
         try:
             name = common.resolve_path(variable_paths(jm), spec)
         except KeyError:

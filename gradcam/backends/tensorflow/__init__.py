@@ -7,6 +7,7 @@ parts only Keras needs each live in their own file, whose docstring says why:
   patched on the instance for one trace, and put back in a ``finally``).
 * ``graphs``: the compiled ``tf.function`` objects and their per-model cache; a tape that watches only the
   layer outputs, so Grad-CAM costs about one inference; class targets checked before the graph runs.
+* ``explained``: the model as explained: one selected output, the class score before a final softmax.
 * ``guided``: the custom-gradient ReLU of Guided Backprop and Deconvnet, whose rule is read when the
   backward is built, so that one forward serves the plain layer gradients and the guided input gradient.
 
@@ -22,10 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gradcam.backends import common
+from gradcam.backends import choice, common, layouts
 from gradcam.backends.probe import InputGradient, Probe
 from gradcam.backends.tensorflow import graphs
-from gradcam.backends.tensorflow.guided import relu_layers
+from gradcam.backends.tensorflow.explained import explained_model
 from gradcam.backends.tensorflow.layers import channel_axis, layer_paths, reporting_calls, resolve_layers
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "input_channel_axis",
     "layer_names",
     "layer_shapes",
+    "explained_model",
+    "layer_choice",
     "default_layer",
     "probe",
     "input_gradient",
@@ -46,6 +49,9 @@ __all__ = [
 NAME = "tensorflow"
 
 _LAYOUT = "N, H, W, C"
+
+# layers that only resample their input's map (the layer choice passes over them when they do not shrink it)
+_RESAMPLING = (keras.layers.UpSampling2D, keras.layers.Resizing)
 
 # test hooks: the paths the backend resolves layers by, and how often its compiled functions were traced
 _layer_paths = layer_paths
@@ -87,7 +93,13 @@ def layer_shapes(model: keras.Model, x: Any) -> list[tuple[str, tuple[int, ...]]
     layers) at its last call; layers whose output is not one tensor are left out.
     """
     _require_model(model)
-    batch = _as_batch(x)
+    return _recorded_shapes(model, _as_batch(x))[0]
+
+
+def _recorded_shapes(
+    model: keras.Model, batch: np.ndarray
+) -> tuple[list[tuple[str, tuple[int, ...]]], tuple[int, ...] | None]:
+    """``layer_shapes``, and the shape of the model's output (``None`` when it is not one tensor)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(names: list[str], output: Any) -> Any:
@@ -98,23 +110,48 @@ def layer_shapes(model: keras.Model, x: Any) -> list[tuple[str, tuple[int, ...]]
         return output
 
     with reporting_calls(layer_paths(model), record):
-        model(tf.constant(batch), training=False)
-    return list(shapes.items())
+        outputs = model(tf.constant(batch), training=False)
+    return list(shapes.items()), tuple(int(d) for d in outputs.shape) if tf.is_tensor(outputs) else None
+
+
+def layer_choice(model: keras.Model, x: Any) -> choice.LayerChoice:
+    """The automatic layer for inputs shaped like ``x``, by the rule of ``gradcam.backends.choice``.
+
+    One eager forward lists the layers, and one compiled probe per layer tried says whether the score depends on
+    it (usually the last candidate, so one). The whole batch ``x`` is used: the probe compiled for the chosen
+    layer is then the very one a method runs on ``x`` (compiling costs more than computing).
+    """
+    _require_model(model)
+    sample = _as_batch(x)
+    paths = layer_paths(model)
+    shapes, output_shape = _recorded_shapes(model, sample)
+    infos = [
+        choice.LayerInfo(
+            name,
+            shape,
+            _native(paths[name]),
+            weighted=bool(paths[name].weights),
+            normalization="Normalization" in type(paths[name]).__name__,
+            resamples=isinstance(paths[name], _RESAMPLING),
+        )
+        for name, shape in shapes
+    ]
+
+    def depends(name: str) -> bool:
+        # the default target (top-1 class) for class scores, so that the compiled probe is the one a method reuses
+        target = None if output_shape is not None and len(output_shape) == 2 else _dependence_score
+        try:
+            found = probe(model, sample, name, target=target)
+        except common.ScoreIndependentError:
+            return False
+        return bool(np.any(found.gradients[name] != 0))
+
+    return choice.choose(infos, _input_size(model, sample), sample.shape[0], depends, output_shape)
 
 
 def default_layer(model: keras.Model, x: Any) -> str:
-    """The last layer, in execution order, whose output is a spatial map (h, w > 1); one image of ``x`` is used."""
-    _require_model(model)
-    batch = _as_batch(x)
-    paths = layer_paths(model)
-
-    def is_spatial(name: str, shape: tuple[int, ...]) -> bool:
-        if len(shape) != 4:
-            return False
-        h, w = shape[1:3] if channel_axis(paths[name]) == -1 else shape[2:4]
-        return h > 1 and w > 1
-
-    return common.last_spatial(layer_shapes(model, batch[:1]), is_spatial)
+    """The automatic layer for inputs shaped like ``x``: ``layer_choice(model, x).name``."""
+    return layer_choice(model, x).name
 
 
 def predict(model: keras.Model, x: Any, batch_size: int | None = None) -> np.ndarray:
@@ -151,13 +188,15 @@ def probe(
         ``None`` (top-1 class per image), an int, one int per image, or a callable
         ``f(outputs) -> (N,)`` written in TF ops. The gradient is that of ``sum_n y_n``.
     reshape
-        Applied to each layer's activations and gradients (as NumPy, after NHWC -> NCHW for 4-D
-        outputs) to get ``(N, K, h, w)``, e.g. ``gradcam.vit_reshape`` for ViT tokens.
+        How each layer's output is read as ``(N, K, h, w)``: a layout name (``"NHWC"``, ``"NTC:1"``;
+        ``gradcam.backends.layouts``), a function on the NumPy array (a 4-D map given to it channels first), or
+        ``None`` to infer the layout from the output's shape.
 
     Raises
     ------
     ValueError
-        No layer, bad input, a class target out of range or of the wrong count, a non-spatial layer.
+        No layer, bad input, a class target out of range or of the wrong count, a layer output that is not a map
+        in a known layout (or whose first dimension is not the batch).
     KeyError
         An unknown or ambiguous layer name.
     RuntimeError
@@ -168,7 +207,10 @@ def probe(
     specs = common.required_layers(layers)
     resolved = resolve_layers(model, specs)
     result = graphs.run_probe(model, batch, list(resolved), "plain", False, target)
-    return _make_probe(model, resolved, result, batch, reshape)
+    try:
+        return _make_probe(model, resolved, result, batch, reshape)
+    except layouts.LayoutError as error:
+        raise common.with_better_layer(error, lambda: default_layer(model, batch)) from None
 
 
 def input_gradient(
@@ -197,17 +239,13 @@ def input_gradient(
     Raises
     ------
     ValueError
-        An unknown rule; a guided or deconvnet rule on a model with no ReLU Keras can see, or with a
-        ``tf.nn.relu`` called inside a subclassed ``call`` (out of reach of the rule).
+        An unknown rule; a guided or deconvnet rule on a model with a ``tf.nn.relu`` called inside a subclassed
+        ``call`` (out of reach of the rule). A model without any ReLU gets the plain gradient and
+        ``relu_count == 0``.
     """
     common.check_rule(rule)
     _require_model(model)
     batch = _as_batch(x)
-    if rule != "plain" and not relu_layers(model):
-        raise ValueError(
-            f"{rule} needs ReLU activations that Keras can see (activation='relu', ReLU(), "
-            "Activation('relu')); this model has none"
-        )
     resolved = resolve_layers(model, common.layer_list(layers))
     result = graphs.run_probe(model, batch, list(resolved), rule, True, target)
     return InputGradient(
@@ -216,15 +254,19 @@ def input_gradient(
         targets=result["targets"].astype(np.int64),
         logits=result.get("logits"),
         probe=_make_probe(model, resolved, result, batch, reshape) if resolved else None,
+        relu_count=result["relu_count"],
     )
 
 
-def predict_ablated(model: keras.Model, x: Any, layer: Any, channels: Any) -> np.ndarray:
+def predict_ablated(
+    model: keras.Model, x: Any, layer: Any, channels: Any, reshape: common.Reshape | None = None
+) -> np.ndarray:
     """The model's outputs ``(N, ...)`` with channel ``channels[n]`` of ``layer``'s output set to zero
     for image ``n`` (``-1``: nothing zeroed), forward only, compiled; the model is not changed.
 
-    Channels count as in the probe's ``(N, K, h, w)`` arrays. A layer that runs more than once in
-    one forward is refused: which of its calls to ablate would be a guess.
+    Channels count as in the probe's ``(N, K, h, w)`` arrays: the output is read with the layout ``reshape``
+    names (``None``: inferred), so tokens lose a channel at every patch token (special tokens keep theirs). A
+    layer that runs more than once in one forward is refused: which of its calls to ablate would be a guess.
     """
     _require_model(model)
     batch = _as_batch(x)
@@ -232,7 +274,9 @@ def predict_ablated(model: keras.Model, x: Any, layer: Any, channels: Any) -> np
     chosen = np.asarray(channels, dtype=np.int64).reshape(-1)
     if chosen.shape != (batch.shape[0],):
         raise ValueError(f"got {chosen.size} channels for a batch of {batch.shape[0]} images; give one per image")
-    graph = graphs.compiled(model, ("ablated", name), lambda: graphs.AblatedGraph(model, name))
+    key = ("ablated", name, reshape)
+    size = _input_size(model, batch)
+    graph = graphs.compiled(model, key, lambda: graphs.AblatedGraph(model, name, reshape, size))
     return graph(tf.constant(batch), tf.constant(chosen)).numpy()
 
 
@@ -253,21 +297,37 @@ def _make_probe(
     reshape: common.Reshape | None,
 ) -> Probe:
     """The graph's results for ``layers`` as a channels-first ``Probe``."""
-    activations, gradients = {}, {}
+    activations, gradients, read_as = {}, {}, {}
+    size, n = _input_size(model, batch), batch.shape[0]
     for (name, layer), a, g in zip(layers.items(), result["activations"], result["gradients"], strict=True):
-        axis = channel_axis(layer)
-        activations[name] = common.canonical_map(name, common.channels_first(a, axis), reshape)
-        gradients[name] = common.canonical_map(name, common.channels_first(g, axis), reshape)
-    h, w = batch.shape[1:3] if input_channel_axis(model) == -1 else batch.shape[2:4]
+        native = _native(layer)
+        activations[name], read_as[name] = common.read_map(name, a, reshape, native, size, n)
+        gradients[name], _ = common.read_map(name, g, reshape, native, size, n)
     return Probe(
         activations=activations,
         gradients=gradients,
         scores=result["scores"],
         targets=result["targets"].astype(np.int64),
         logits=result.get("logits"),
-        input_size=(int(h), int(w)),
+        input_size=size,
         layers=list(layers),
+        layouts=read_as,
     )
+
+
+def _native(layer: keras.layers.Layer) -> str:
+    return "NHWC" if channel_axis(layer) == -1 else "NCHW"
+
+
+def _input_size(model: keras.Model, batch: np.ndarray) -> tuple[int, int]:
+    h, w = batch.shape[1:3] if input_channel_axis(model) == -1 else batch.shape[2:4]
+    return int(h), int(w)
+
+
+def _dependence_score(outputs: Any) -> tf.Tensor:
+    """For an output that is not class scores, each image's sum of every output (does a layer matter at all?)."""
+    leaves = [tf.cast(t, tf.float32) for t in tf.nest.flatten(outputs) if tf.is_tensor(t)]
+    return tf.add_n([tf.reduce_sum(tf.reshape(t, [tf.shape(t)[0], -1]), axis=1) for t in leaves])
 
 
 def _require_model(model: Any) -> None:

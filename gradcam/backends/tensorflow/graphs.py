@@ -83,6 +83,7 @@ def run_probe(
     if by_class and n_classes is None:
         n_classes = _CLASSES[model][tuple(batch.shape)] = int(result["logits"].shape[1])
         common.check_class_range(classes, n_classes)
+    result["relu_count"] = len(graph.python_function.relu_calls) if rule != "plain" else -1
     return result
 
 
@@ -119,11 +120,14 @@ class ForwardGraph:
 
 
 class AblatedGraph:
-    """``(x, channels) -> outputs`` (float32) with one channel per image of one layer's output zeroed."""
+    """``(x, channels) -> outputs`` (float32) with one channel per image of one layer's output zeroed; the channel
+    axis (and, for tokens, the first patch token) from the layer's layout, named or inferred at trace time."""
 
-    def __init__(self, model: keras.Model, name: str) -> None:
+    def __init__(self, model: keras.Model, name: str, reshape: common.Reshape | None, input_size: tuple[int, int]):
         self.model_ref = weakref.ref(model)
         self.name = name
+        self.reshape = reshape
+        self.input_size = input_size
 
     def __call__(self, x: tf.Tensor, channels: tf.Tensor) -> tf.Tensor:
         model = self.model_ref()
@@ -132,10 +136,15 @@ class AblatedGraph:
 
         def ablate(layer_names: list[str], output: Any) -> Any:
             calls.append(None)
-            if not tf.is_tensor(output) or output.shape.rank != 4:
-                raise ValueError(f"layer {self.name!r} does not output one 4-D map; it cannot be ablated by channel")
-            axis = channel_axis(layer)
-            keep = 1 - tf.one_hot(channels, tf.shape(output)[axis], dtype=output.dtype)
+            if not tf.is_tensor(output):
+                raise ValueError(f"layer {self.name!r} does not output one tensor; it cannot be ablated by channel")
+            native = "NHWC" if channel_axis(layer) == -1 else "NCHW"
+            shape = tuple(int(d) for d in output.shape)
+            axis, first = common.ablation_axis(self.name, shape, self.reshape, native, self.input_size, shape[0])
+            keep = 1 - tf.one_hot(channels, shape[axis], dtype=output.dtype)  # (N, K)
+            if len(shape) == 3:
+                patches = tf.cast(tf.range(shape[1]) >= first, output.dtype)  # special tokens keep every channel
+                return output * (1 - (1 - keep)[:, None, :] * patches[None, :, None])
             keep = keep[:, None, None, :] if axis == -1 else keep[:, :, None, None]
             return output * keep
 
@@ -172,6 +181,7 @@ class ProbeGraph:
         self.target_fn = target_fn
         # Guided Grad-CAM: the layers' plain gradients and the input's rule gradient need two backwards
         self.two_backwards = with_input_gradient and rule != "plain" and bool(names)
+        self.relu_calls: list[None] = []
 
     def __call__(self, x: tf.Tensor, classes: tf.Tensor) -> dict[str, Any]:
         with tf.GradientTape(watch_accessed_variables=False, persistent=self.two_backwards) as tape:
@@ -219,7 +229,8 @@ class ProbeGraph:
 
         with contextlib.ExitStack() as patches:
             if self.rule != "plain":
-                patches.enter_context(rectified(relu_layers(model)))
+                # counted while tracing: the compiled function reuses the trace, and its count with it
+                self.relu_calls = patches.enter_context(rectified(relu_layers(model)))
             patches.enter_context(reporting_calls({name: paths[name] for name in self.names}, watch))
             outputs = model(x, training=False)
         missing = [name for name in self.names if name not in captured]

@@ -49,8 +49,9 @@ def _is_plain_relu(layer: keras.layers.ReLU) -> bool:
 
 
 @contextlib.contextmanager
-def rectified(relus: list[tuple[keras.layers.Layer, str]]) -> Iterator[None]:
-    """While open, every listed ReLU is the rule-aware ``rectifier``.
+def rectified(relus: list[tuple[keras.layers.Layer, str]]) -> Iterator[list[None]]:
+    """While open, every listed ReLU is the rule-aware ``rectifier``; yields a list with one entry per ReLU the
+    forward called (the rule's count).
 
     Inside a trace, a ``Relu`` op of the forward that did not come from one of them (``tf.nn.relu``
     called in a subclassed ``call``) would keep its plain backward: that is an error, not a quiet mix.
@@ -70,7 +71,7 @@ def rectified(relus: list[tuple[keras.layers.Layer, str]]) -> Iterator[None]:
         for layer, attribute in relus:
             replacement = activation if attribute == "activation" else call
             stack.enter_context(instance_attribute(layer, attribute, replacement))
-        yield
+        yield replaced
     unreached = _relu_op_count(graph) - relu_ops_before - len(replaced)
     if unreached > 0:
         raise ValueError(

@@ -23,6 +23,9 @@ import keras
 
 from gradcam.backends import common
 
+EXPLAINS = "_gradcam_explains"
+"""The attribute by which ``explained.Explained`` holds the model whose layers it lists as its own."""
+
 Report = Callable[[list[str], Any], Any]
 """``report(names, output)``: sees a layer's output (and the paths it goes by) and returns what the call returns."""
 
@@ -30,6 +33,7 @@ Report = Callable[[list[str], Any], Any]
 def layer_paths(model: keras.Model) -> dict[str, keras.layers.Layer]:
     """``path -> layer`` for every layer reachable from the model, outer before inner."""
     paths: dict[str, keras.layers.Layer] = {}
+    model = vars(model).get(EXPLAINS, model)
 
     def visit(layer: keras.layers.Layer, prefix: str) -> None:
         for child in _children(layer):

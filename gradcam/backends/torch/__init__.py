@@ -18,16 +18,18 @@ need: the input as a tensor where the model lives, the layers by name or module,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from gradcam.backends import common
+from gradcam.backends import choice, common, layouts
 from gradcam.backends.probe import InputGradient, Probe
 from gradcam.backends.torch.capture import Capture, is_training, left_as_found, parameters_frozen
 from gradcam.backends.torch.guided import ReluRule
+from gradcam.backends.torch.inputs import as_batch, host_array, require_module, resolve_layer, resolve_layers
+from gradcam.backends.torch.wrappers import dependence_score, explained_model
 
 __all__ = [
     "NAME",
@@ -36,6 +38,8 @@ __all__ = [
     "input_channel_axis",
     "layer_names",
     "layer_shapes",
+    "explained_model",
+    "layer_choice",
     "default_layer",
     "probe",
     "input_gradient",
@@ -46,6 +50,15 @@ __all__ = [
 
 NAME = "torch"
 
+# layers that only resample their input's map (the layer choice passes over them when they do not shrink it)
+_RESAMPLING = (
+    torch.nn.AdaptiveAvgPool2d,
+    torch.nn.AdaptiveMaxPool2d,
+    torch.nn.Upsample,
+    torch.nn.UpsamplingBilinear2d,
+    torch.nn.UpsamplingNearest2d,
+)
+
 
 def is_model(model: Any) -> bool:
     """Whether ``model`` is a ``torch.nn.Module``."""
@@ -55,7 +68,7 @@ def is_model(model: Any) -> bool:
 def to_numpy(x: Any) -> np.ndarray:
     """The input batch as float32 NumPy ``(N, C, H, W)`` (a tensor is moved to the host)."""
     if torch.is_tensor(x):
-        return _numpy(x)
+        return host_array(x)
     return np.asarray(x, dtype=np.float32)
 
 
@@ -66,7 +79,7 @@ def input_channel_axis(model: Any) -> int:
 
 def layer_names(model: torch.nn.Module) -> list[str]:
     """Dotted names of all submodules, as ``named_modules()`` lists them, the root excluded."""
-    _require_module(model)
+    require_module(model)
     return [name for name, _ in model.named_modules() if name]
 
 
@@ -76,8 +89,14 @@ def layer_shapes(model: torch.nn.Module, x: Any) -> list[tuple[str, tuple[int, .
     A module's place in the order is where its forward *finished* (so a block comes after its
     children) at its last call; modules whose output is not a tensor are left out.
     """
-    _require_module(model)
-    xt = _as_batch(model, x)
+    require_module(model)
+    return _recorded_shapes(model, as_batch(model, x))[0]
+
+
+def _recorded_shapes(
+    model: torch.nn.Module, xt: torch.Tensor
+) -> tuple[list[tuple[str, tuple[int, ...]]], tuple[int, ...] | None]:
+    """``layer_shapes``, and the shape of the model's output (``None`` when it is not one tensor)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name: str) -> Callable[..., None]:
@@ -92,29 +111,60 @@ def layer_shapes(model: torch.nn.Module, x: Any) -> list[tuple[str, tuple[int, .
         for name, module in model.named_modules():
             if name:
                 hooks.append(module.register_forward_hook(record(name)))
-        model(xt)
-    return list(shapes.items())
+        output = model(xt)
+    return list(shapes.items()), tuple(output.shape) if torch.is_tensor(output) else None
+
+
+def layer_choice(model: torch.nn.Module, x: Any) -> choice.LayerChoice:
+    """The automatic layer for inputs shaped like ``x``, by the rule of ``gradcam.backends.choice``.
+
+    One image of ``x`` is enough (the whole batch when the model is in training mode, where batch statistics
+    may need more than one image): one forward lists the layers, and one probe per layer tried says whether
+    the score depends on it (usually the last candidate, so one).
+    """
+    require_module(model)
+    xt = as_batch(model, x)
+    sample = xt if is_training(model) else xt[:1]
+    modules = dict(model.named_modules())
+    shapes, output_shape = _recorded_shapes(model, sample)
+    infos = [
+        choice.LayerInfo(
+            name,
+            shape,
+            "NCHW",
+            weighted=any(True for _ in modules[name].parameters()),
+            normalization="Norm" in type(modules[name]).__name__,
+            resamples=isinstance(modules[name], _RESAMPLING),
+        )
+        for name, shape in shapes
+    ]
+
+    def depends(name: str) -> bool:
+        n = sample.shape[0]
+        # the top-1 class (the default target) for class scores; else the sum of every output
+        target = None if output_shape is not None and len(output_shape) == 2 else lambda out: dependence_score(out, n)
+        try:
+            found = probe(model, sample, name, target=target)
+        except common.ScoreIndependentError:
+            return False
+        return bool(np.any(found.gradients[name] != 0))
+
+    size = (int(xt.shape[-2]), int(xt.shape[-1]))
+    return choice.choose(infos, size, int(sample.shape[0]), depends, output_shape)
 
 
 def default_layer(model: torch.nn.Module, x: Any) -> str:
-    """The last module, in execution order, whose output is a spatial map ``(N, C, h, w)``, h, w > 1.
-
-    One image of ``x`` is enough to find it (the whole batch when the model is in training mode,
-    where batch statistics may need more than one image).
-    """
-    _require_module(model)
-    xt = _as_batch(model, x)
-    sample = xt if is_training(model) else xt[:1]
-    return common.last_spatial(layer_shapes(model, sample), _is_spatial)
+    """The automatic layer for inputs shaped like ``x``: ``layer_choice(model, x).name``."""
+    return layer_choice(model, x).name
 
 
 def dense_weight(model: torch.nn.Module, layer: Any) -> np.ndarray:
     """The ``(classes, inputs)`` weight matrix of an ``nn.Linear`` layer (for CAM), as float32."""
-    _require_module(model)
-    name, module = _resolve_layer(model, layer)
+    require_module(model)
+    name, module = resolve_layer(model, layer)
     if not isinstance(module, torch.nn.Linear):
         raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a Linear layer")
-    return _numpy(module.weight).copy()
+    return host_array(module.weight).copy()
 
 
 def predict(model: torch.nn.Module, x: Any, batch_size: int | None = None) -> np.ndarray:
@@ -123,8 +173,8 @@ def predict(model: torch.nn.Module, x: Any, batch_size: int | None = None) -> np
     ``batch_size`` splits the batch into chunks of at most that many images. The batch goes to the
     model's device once and is split there (views, no copies), rather than chunked as NumPy on the host.
     """
-    _require_module(model)
-    xt = _as_batch(model, x)
+    require_module(model)
+    xt = as_batch(model, x)
     chunks = [xt] if batch_size is None else torch.split(xt, common.positive_int(batch_size, "batch_size"))
     outputs = []
     with left_as_found(model):
@@ -135,37 +185,45 @@ def predict(model: torch.nn.Module, x: Any, batch_size: int | None = None) -> np
                     f"the model returned a {type(out).__name__}, not a tensor; predict needs a model "
                     "whose output is one tensor (wrap it to select the output)"
                 )
-            outputs.append(_numpy(out))
+            outputs.append(host_array(out))
     return np.concatenate(outputs, axis=0)
 
 
-def predict_ablated(model: torch.nn.Module, x: Any, layer: Any, channels: Any) -> np.ndarray:
+def predict_ablated(
+    model: torch.nn.Module, x: Any, layer: Any, channels: Any, reshape: common.Reshape | None = None
+) -> np.ndarray:
     """The model's outputs ``(N, ...)`` with channel ``channels[n]`` of ``layer``'s output set to zero for
     image ``n`` (``-1``: nothing zeroed), forward only; the model is not changed.
 
-    A layer that runs more than once in one forward is refused: which of its calls to ablate would be a guess.
+    Channels count as in the probe's ``(N, K, h, w)`` arrays: the layer's output is read with the layout
+    ``reshape`` names (``None``: inferred, as the probe does), so a channels-last map or tokens lose a channel,
+    not a row or a token (special tokens keep theirs). A layer that runs more than once in one forward is
+    refused: which of its calls to ablate would be a guess.
     """
-    _require_module(model)
-    xt = _as_batch(model, x)
-    (name,), (module,) = _resolve_layers(model, [layer])
+    require_module(model)
+    xt = as_batch(model, x)
+    (name,), (module,) = resolve_layers(model, [layer])
     chosen = torch.as_tensor(np.asarray(channels, dtype=np.int64).reshape(-1), device=xt.device)
     if chosen.shape[0] != xt.shape[0]:
         raise ValueError(f"got {chosen.shape[0]} channels for a batch of {xt.shape[0]} images; give one per image")
     rows = torch.nonzero(chosen >= 0).flatten()
+    size = (int(xt.shape[-2]), int(xt.shape[-1]))
     calls = []
 
     def zero_channels(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         calls.append(name)
         if len(calls) > 1:
             raise common.ambiguous_ablation(name)
+        axis, first = common.ablation_axis(name, tuple(output.shape), reshape, "NCHW", size, int(xt.shape[0]))
         ablated = output.clone()
-        ablated[rows, chosen[rows]] = 0
+        # a view with the channels on axis 1: (N, K, h, w) for maps, (N, K, T) for tokens
+        ablated.movedim(axis, 1)[rows, chosen[rows], first:] = 0
         return ablated
 
     with left_as_found(model) as hooks, torch.no_grad():
         hooks.append(module.register_forward_hook(zero_channels))
         out = model(xt)
-    return _numpy(out)
+    return host_array(out)
 
 
 def probe(
@@ -190,18 +248,20 @@ def probe(
         ``None`` (top-1 class per image), an int, one int per image, or a callable
         ``f(outputs) -> (N,)`` tensor. The gradient is that of ``sum_n y_n``.
     reshape
-        Applied to each layer's activations and gradients (as NumPy) to get ``(N, K, h, w)``, e.g.
-        ``gradcam.vit_reshape`` for ViT tokens.
+        How each layer's output is read as ``(N, K, h, w)``: a layout name (``"NCHW"``, ``"NHWC"``, ``"NTC:1"``
+        for ViT tokens; ``gradcam.backends.layouts``), a function on the NumPy array, or ``None`` to infer the
+        layout from the output's shape (refused, with the reason, when it is unclear).
 
     Raises
     ------
     ValueError
-        No layer given, a bad input or target, or a layer output that is not a spatial map.
+        No layer given, a bad input or target, or a layer output that is not a map in a known layout (or
+        whose first dimension is not the batch).
     """
-    _require_module(model)
-    xt = _as_batch(model, x)
+    require_module(model)
+    xt = as_batch(model, x)
     specs = common.required_layers(layers)
-    names, modules = _resolve_layers(model, specs)
+    names, modules = resolve_layers(model, specs)
     # type and count of the target now; its range once the forward has given the number of classes
     common.requested_classes(target, xt.shape[0])
     capture = Capture(names, modules)
@@ -212,7 +272,10 @@ def probe(
         capture.check_all_ran()
         scores, targets, logits = _target_scores(outputs, target, xt.shape[0])
         gradients = _gradients(scores, capture.tensors(), names)
-    return _make_probe(capture, gradients, scores, targets, logits, xt, reshape)
+    try:
+        return _make_probe(capture, gradients, scores, targets, logits, xt, reshape)
+    except layouts.LayoutError as error:
+        raise common.with_better_layer(error, lambda: default_layer(model, xt)) from None
 
 
 def input_gradient(
@@ -232,9 +295,9 @@ def input_gradient(
     switched on only for the second backward, the one that reaches the input.
     """
     common.check_rule(rule)
-    _require_module(model)
-    xt = _as_batch(model, x)
-    names, modules = _resolve_layers(model, common.layer_list(layers))
+    require_module(model)
+    xt = as_batch(model, x)
+    names, modules = resolve_layers(model, common.layer_list(layers))
     common.requested_classes(target, xt.shape[0])
     capture = Capture(names, modules)
     relu_rule = ReluRule(rule) if rule != "plain" else None
@@ -254,11 +317,12 @@ def input_gradient(
         (gradient,) = _gradients(scores, [x_leaf], ["input"])
     layer_probe = _make_probe(capture, layer_gradients, scores, targets, logits, xt, reshape) if names else None
     return InputGradient(
-        gradient=_numpy(gradient),
-        scores=_numpy(scores),
+        gradient=host_array(gradient),
+        scores=host_array(scores),
         targets=targets,
         logits=logits,
         probe=layer_probe,
+        relu_count=relu_rule.count if relu_rule is not None else -1,
     )
 
 
@@ -273,9 +337,9 @@ def _gradients(
     grads = torch.autograd.grad(scores.sum(), tensors, retain_graph=keep_graph, allow_unused=True)
     unused = [name for name, grad in zip(names, grads, strict=True) if grad is None]
     if unused:
-        raise RuntimeError(
-            f"{common.score_independent_of(unused)}; in PyTorch this is typically a module that works "
-            "in place and whose return value the model ignores"
+        raise common.score_independent_of(
+            unused, "; in PyTorch this is typically a module that works in place and whose return value the model "
+            "ignores, or a value the model detaches (a detector's proposals)"
         )
     return list(grads)
 
@@ -284,7 +348,7 @@ def _target_scores(
     outputs: Any, target: common.Target, n: int
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
     """``(scores (N,) tensor in the graph, targets (N,) int64, logits (N, C) or None)``."""
-    logits = _numpy(outputs) if torch.is_tensor(outputs) and outputs.ndim == 2 else None
+    logits = host_array(outputs) if torch.is_tensor(outputs) and outputs.ndim == 2 else None
     if callable(target):
         scores = target(outputs)
         if not torch.is_tensor(scores) or tuple(scores.shape) != (n,):
@@ -294,10 +358,10 @@ def _target_scores(
         return scores, np.full(n, common.TOP1, dtype=np.int64), logits
     if not torch.is_tensor(outputs):
         raise ValueError(
-            f"the model returned a {type(outputs).__name__}, not a tensor of class scores; "
-            "give target= a callable that maps the output to one score per image"
+            f"the model returned a {type(outputs).__name__}, not a tensor of class scores; pass output= to explain "
+            "one of its entries, or give target= a callable that maps the output to one score per image"
         )
-    targets = common.class_targets(target, logits if logits is not None else _numpy(outputs))
+    targets = common.class_targets(target, logits if logits is not None else host_array(outputs))
     index = torch.as_tensor(targets, device=outputs.device)[:, None]
     return outputs.gather(1, index)[:, 0], targets, logits
 
@@ -312,87 +376,18 @@ def _make_probe(
     reshape: common.Reshape | None,
 ) -> Probe:
     names = capture.names
-    activations = zip(names, capture.tensors(), strict=True)
+    size, n = (int(xt.shape[-2]), int(xt.shape[-1])), int(xt.shape[0])
+    activations, layer_gradients, read_as = {}, {}, {}
+    for name, tensor, gradient in zip(names, capture.tensors(), gradients, strict=True):
+        activations[name], read_as[name] = common.read_map(name, host_array(tensor), reshape, "NCHW", size, n)
+        layer_gradients[name], _ = common.read_map(name, host_array(gradient), reshape, "NCHW", size, n)
     return Probe(
-        activations={n: common.canonical_map(n, _numpy(t), reshape) for n, t in activations},
-        gradients={n: common.canonical_map(n, _numpy(g), reshape) for n, g in zip(names, gradients, strict=True)},
-        scores=_numpy(scores),
+        activations=activations,
+        gradients=layer_gradients,
+        scores=host_array(scores),
         targets=targets,
         logits=logits,
-        input_size=(int(xt.shape[-2]), int(xt.shape[-1])),
+        input_size=size,
         layers=list(names),
+        layouts=read_as,
     )
-
-
-def _resolve_layers(model: torch.nn.Module, specs: list[Any]) -> tuple[list[str], list[torch.nn.Module]]:
-    """Names and modules of the requested layers, in the order given, without repeats."""
-    resolved: dict[str, torch.nn.Module] = {}
-    for spec in specs:
-        name, module = _resolve_layer(model, spec)
-        resolved.setdefault(name, module)
-    return list(resolved), list(resolved.values())
-
-
-def _resolve_layer(model: torch.nn.Module, spec: Any) -> tuple[str, torch.nn.Module]:
-    if isinstance(spec, str):
-        try:
-            return spec, model.get_submodule(spec)
-        except AttributeError:
-            raise common.unknown_layer_error(spec, layer_names(model)) from None
-    if isinstance(spec, torch.nn.Module):
-        for name, module in model.named_modules():
-            if module is spec and name:
-                return name, module
-        raise ValueError(
-            f"the {type(spec).__name__} module given as a layer is not a submodule of this model; "
-            "pass one of its submodules or a dotted name from layer_names(model)"
-        )
-    raise TypeError(f"a layer is a dotted name or a submodule of the model, got {type(spec).__name__}")
-
-
-def _as_batch(model: torch.nn.Module, x: Any) -> torch.Tensor:
-    """``x`` as a checked ``(N, C, H, W)`` tensor on the model's device, in its parameter dtype."""
-    device, dtype = _placement(model, x)
-    if torch.is_tensor(x):
-        xt = x.detach()
-        if xt.is_inference():
-            with torch.inference_mode(False):
-                xt = xt.clone()
-    else:
-        xt = torch.from_numpy(np.ascontiguousarray(x))
-    xt = xt.to(device=device, dtype=dtype)
-    # a finite sum proves every value finite (NaN and infinities propagate into it) at a fraction of the cost
-    # of an elementwise check; only a sum that overflowed needs the full check
-    if xt.ndim != 4 or not (bool(torch.isfinite(xt.sum())) or bool(torch.isfinite(xt).all())):
-        # only on failure is the input copied to the host, for the shared message
-        common.checked_batch(_numpy(xt), "N, C, H, W")
-    return xt
-
-
-def _placement(model: torch.nn.Module, x: Any) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of the model's first floating parameter or buffer."""
-    for tensor in _parameters_then_buffers(model):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    if torch.is_tensor(x) and x.is_floating_point():
-        return x.device, x.dtype
-    return (x.device if torch.is_tensor(x) else torch.device("cpu")), torch.float32
-
-
-def _parameters_then_buffers(model: torch.nn.Module) -> Iterator[torch.Tensor]:
-    yield from model.parameters()
-    yield from model.buffers()
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float32).numpy()
-
-
-def _is_spatial(name: str, shape: tuple[int, ...]) -> bool:
-    return len(shape) == 4 and shape[2] > 1 and shape[3] > 1
-
-
-def _require_module(model: Any) -> None:
-    if not is_model(model):
-        kind = f"{type(model).__module__}.{type(model).__qualname__}"
-        raise TypeError(f"the torch backend explains a torch.nn.Module, got {kind}")

@@ -36,6 +36,7 @@ class ReluRule(TorchFunctionMode):
         super().__init__()
         self.rule = rule
         self.active = False
+        self.count = 0  # ReLUs of the forward whose backward the rule rewrites
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -52,6 +53,7 @@ class ReluRule(TorchFunctionMode):
 
     def _hook(self, result: torch.Tensor) -> None:
         if result.grad_fn is not None:
+            self.count += 1
             result.grad_fn.register_hook(self._rewrite)
 
     def _rewrite(self, grad_in: tuple[torch.Tensor, ...], grad_out: tuple[torch.Tensor, ...]) -> Any:
