@@ -14,7 +14,6 @@ import pytest
 
 from gradcam import GradCAM, metrics
 from gradcam.datasets import BIASED_CLASS, make_split
-from gradcam.evaluation import POINTING_TOLERANCE
 from gradcam.models import CLASSES, FEATURE_LAYER, default_model, load_weights, random_weights
 from gradcam.models.architecture import check_weights, weight_shapes
 
@@ -100,18 +99,19 @@ def test_default_model_is_at_least_95_percent_accurate_on_held_out_images():
     assert accuracy >= 0.95
 
 
-def test_grad_cam_of_the_default_model_points_at_the_object_on_at_least_90_percent():
-    """The pointing game (Zhang et al. 2016, as in the Grad-CAM paper, section 4.3) on 300 held-out images.
+def test_grad_cam_of_the_default_model_localizes_the_held_out_objects():
+    """The Grad-CAM paper's two localization scores on 300 held-out single-object images (target: the true class).
 
-    The hit rule is the game's own: the map's maximum within a tolerance of the object, 15 px on ~500-px
-    VOC images, 2 px of these 64 (``POINTING_TOLERANCE``). Measured: 96.5% with it, 89% strictly inside
-    the box (the maximum of an upsampled 8x8 map falls on a cell centre, often a pixel past a small
-    object's edge); the strict rate is held too, so that a model looking beside the objects fails.
+    Weakly supervised localization (section 4.1): the box around the largest region of the upsampled map at
+    >= 15% of its maximum is correct when its IoU with the object's box is >= 0.5; held at >= 50%. The pointing
+    game (Zhang et al. 2016; section 4.3): the map's maximum strictly inside the object's box, held at >= 95%.
+    Measured: 96% and 100%. The model of the previous release (an 8x8 last map, no localization penalties in
+    training) scored 1% and 89%; the 16x16 model trained without them, 37% and 86%.
     """
     split = make_split("single", 300, seed=11, train=False)
     maps = GradCAM(default_model("torch"))(torch.from_numpy(split.to_float()), target=split.labels).heatmaps()
-    assert np.mean(metrics.pointing_game(maps, split.boxes, tolerance=POINTING_TOLERANCE)) >= 0.90
-    assert np.mean(metrics.pointing_game(maps, split.boxes)) >= 0.80
+    assert np.mean(metrics.localization_correct(maps, split.boxes)) >= 0.5
+    assert np.mean(metrics.pointing_game(maps, split.boxes)) >= 0.95
 
 
 def test_biased_model_calls_the_corner_mark_a_circle_and_the_default_model_does_not():
@@ -128,7 +128,7 @@ def test_biased_model_calls_the_corner_mark_a_circle_and_the_default_model_does_
 
 
 def test_biased_model_collects_its_circle_evidence_in_the_marked_corner():
-    """The CAM share of the "circle" logit from the top-left 4x4 cells (32x32 pixels) on marked non-circles."""
+    """The CAM share of the "circle" logit from the top-left 8x8 cells (32x32 pixels) on marked non-circles."""
     split = make_split("biased", 100, seed=7, train=False)
     chosen = split.has_mark & (split.labels != BIASED_CLASS)
     x = torch.from_numpy(split.to_float()[chosen])
@@ -143,7 +143,7 @@ def test_biased_model_collects_its_circle_evidence_in_the_marked_corner():
             cam = torch.einsum("nkhw,k->nhw", captured["a"], model.fc.weight[BIASED_CLASS])
         handle.remove()
         # (1/Z) sum over the corner cells: the part of the logit that comes from there
-        corner_logit[kind] = float(torch.relu(cam)[:, :4, :4].sum((1, 2)).mean() / 64)
+        corner_logit[kind] = float(torch.relu(cam)[:, :8, :8].sum((1, 2)).mean() / cam[0].numel())
     # measured: biased 6.9, default 1.1 (the default model sees a little of a circle in the white mark)
     assert corner_logit["biased"] > 3.0
     assert corner_logit["biased"] > 4 * corner_logit["default"]
@@ -160,12 +160,12 @@ def test_the_last_spatial_stage_is_named_features_in_every_framework():
         _torch_logits(torch_model, x)
     finally:
         handle.remove()
-    assert tuple(captured["out"].shape) == (1, 64, 8, 8)
+    assert tuple(captured["out"].shape) == (1, 64, 16, 16)
     keras_model = default_model("tensorflow")
     assert tuple(keras_model.get_layer(FEATURE_LAYER).output.shape) == (None, None, None, 64)
     module, variables = default_model("jax")
     _, state = module.apply(variables, x.transpose(0, 2, 3, 1), capture_intermediates=True)
-    assert state["intermediates"][FEATURE_LAYER]["__call__"][0].shape == (1, 8, 8, 64)
+    assert state["intermediates"][FEATURE_LAYER]["__call__"][0].shape == (1, 16, 16, 64)
 
 
 def test_packaged_weights_fit_the_architecture_and_are_small():

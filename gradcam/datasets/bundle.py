@@ -19,7 +19,7 @@ def write_samples(folder: Path = SAMPLES_DIR, seed: int = 2024) -> list[Path]:
     """Write the samples into ``folder`` and return their paths."""
     single = make_split("single", n=50, seed=seed, train=False)
     # the first multi-instance image of this seed that shows three instances of one class clearly
-    multi_index = 5
+    multi_index = 15
     multi = make_split("multi", n=multi_index + 1, seed=seed, train=False)
     annotations, paths = {}, []
     for label, name in enumerate(CLASSES):

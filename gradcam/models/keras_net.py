@@ -3,11 +3,11 @@
 Input: float32 ``(N, H, W, 3)`` in ``[0, 1]``; the ``normalize`` layer does ``(x - 0.5) / 0.25``.
 Layer names follow the PyTorch modules, "_" for ".": a stage ``s`` is the layers ``s_pad``,
 ``s_conv``, ``s_bn`` and the ReLU named ``s`` (so layer ``"block3"`` outputs what torch's
-``model.block3`` does); the residual block is ``features_pad1``, ``features_conv1``,
-``features_bn1``, ``features_relu1``, ``features_pad2``, ``features_conv2``, ``features_bn2``,
-``features_add`` and the ReLU named ``features`` (the last spatial stage, the default Grad-CAM
-layer); then ``pool`` and ``fc``. Padding is an explicit ``ZeroPadding2D(1)`` because Keras'
-``padding="same"`` pads stride-2 convolutions unevenly, unlike PyTorch.
+``model.block3`` does); the residual block is ``features_conv1``, ``features_bn1``,
+``features_relu1``, ``features_conv2``, ``features_bn2``, ``features_add`` and the ReLU named
+``features`` (the last spatial stage, the default Grad-CAM layer; its 1x1 convolutions need no
+padding layers); then ``pool`` and ``fc``. Padding is an explicit ``ZeroPadding2D(1)`` because
+Keras' ``padding="same"`` pads stride-2 convolutions unevenly, unlike PyTorch.
 Batch norm runs in inference mode (``model(x)`` and ``model.predict`` use the moving statistics).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Input: float32 ``(N, 3, H, W)`` in ``[0, 1]``; the model normalizes inside (``normalize`` module).
 Module names: ``normalize``, ``stem``, ``block1``, ``block2``, ``block3``, ``features`` (the residual
-block: the last spatial stage, 8x8 for 64x64 input, the default Grad-CAM layer), ``pool``, ``fc``.
+block: the last spatial stage, 16x16 for 64x64 input, the default Grad-CAM layer), ``pool``, ``fc``.
 """
 from __future__ import annotations
 
