@@ -10,17 +10,25 @@ The rules of the document, which the runner enforces:
 NumPy's print options are global; the walkthrough sets its own, and the runner puts the previous
 ones back afterwards so that other tests in the same process are unaffected.
 
+The document's code also writes its figures (PNG) into the folder named by the environment variable
+``WALKTHROUGH_FIGURES`` (``figures`` by default, relative to the working directory). The test writes them
+into a temporary folder and compares each with the committed ``docs/figures/NAME`` that the document
+links (``](figures/NAME)``): same size, and a mean difference below one grey level per channel.
+
 When a printed value changes on purpose (the default model was retrained, a formula was fixed),
-``python tests/test_walkthrough.py --update`` runs the document and writes what it printed into its
-text blocks; review the diff before committing it.
+``python tests/test_walkthrough.py --update`` runs the document, writes what it printed into its
+text blocks and its figures into ``docs/figures``; review the diff before committing it (and regenerate
+the notebooks: ``python tests/test_notebooks.py --update``).
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
 import io
+import os
 import re
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +37,9 @@ import numpy as np
 import pytest
 
 WALKTHROUGH = Path(__file__).resolve().parent.parent / "docs" / "walkthrough.md"
+FIGURES = WALKTHROUGH.parent / "figures"
 FENCE = re.compile(r"^```(\S*)\s*$")
+FIGURE_LINK = re.compile(r"\]\(figures/([\w.-]+\.png)\)")
 
 
 @dataclass(frozen=True)
@@ -171,16 +181,39 @@ def with_printed_output(markdown: str, found: list[Example], runs: list[Run]) ->
     return "\n".join(lines) + "\n"
 
 
-def test_walkthrough_prints_what_it_shows():
+def figure_problems(markdown: str, written: Path) -> list[str]:
+    """Every figure the document links that its code did not write to ``written``, or wrote otherwise than the
+    committed ``docs/figures`` copy (another size, or a mean difference of a grey level or more)."""
+    from PIL import Image
+
+    found_problems = []
+    for name in FIGURE_LINK.findall(markdown):
+        new, committed = written / name, FIGURES / name
+        if not new.is_file() or not committed.is_file():
+            found_problems.append(f"figures/{name}: written {new.is_file()}, committed {committed.is_file()}")
+            continue
+        a = np.asarray(Image.open(new).convert("RGB"), dtype=np.float64)
+        b = np.asarray(Image.open(committed).convert("RGB"), dtype=np.float64)
+        if a.shape != b.shape or np.abs(a - b).mean() >= 1.0:
+            found_problems.append(f"figures/{name} differs from what the document's code draws; run --update")
+    return found_problems
+
+
+def test_walkthrough_prints_what_it_shows(tmp_path, monkeypatch):
     for framework in ("torch", "tensorflow", "jax", "flax"):
         pytest.importorskip(framework)
-    found = examples(WALKTHROUGH.read_text(encoding="utf-8"))
+    monkeypatch.setenv("WALKTHROUGH_FIGURES", str(tmp_path))
+    markdown = WALKTHROUGH.read_text(encoding="utf-8")
+    found = examples(markdown)
     assert len(found) >= 20, "the walkthrough lost most of its code blocks"
     assert sum(bool(example.expected) for example in found) >= 15
     runs = run_examples(found, str(WALKTHROUGH))
     found_problems = problems(found, runs)
     assert not found_problems, "\n\n".join(found_problems)
     assert len(runs) == len(found)
+    assert len(FIGURE_LINK.findall(markdown)) >= 5
+    found_problems = figure_problems(markdown, tmp_path)
+    assert not found_problems, "\n".join(found_problems)
 
 
 DOC_OK = """
@@ -315,6 +348,7 @@ def main(arguments: list[str]) -> int:
     """Report the walkthrough's problems; with ``--update``, write what it prints into its text blocks."""
     markdown = WALKTHROUGH.read_text(encoding="utf-8")
     found = examples(markdown)
+    os.environ["WALKTHROUGH_FIGURES"] = str(FIGURES) if "--update" in arguments else tempfile.mkdtemp()
     runs = run_examples(found, str(WALKTHROUGH))
     if "--update" in arguments:
         WALKTHROUGH.write_text(with_printed_output(markdown, found, runs), encoding="utf-8")
