@@ -145,6 +145,21 @@ def test_grad_cam_pp_term_is_zero_where_its_denominator_is():
     assert expected[0, 0] == pytest.approx(0.5 / (2 - 0.5))  # the pole's term is 0, only G = 0.5 counts
 
 
+def test_grad_cam_pp_term_is_zero_past_its_pole_and_singular_images_are_found():
+    # activations of either sign (no ReLU before the layer): channels with S_k < 0 have 2 + S_k G <= 0 at large
+    # gradients, where the rule (gradcam.reference.cams.grad_cam_pp_weights) makes the term 0, not negative
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((6, 32, 5, 5)).astype(np.float32)
+    G = (rng.standard_normal((6, 32, 5, 5)) * 0.3).astype(np.float32)
+    A[0] = np.abs(A[0])  # image 0 as after a ReLU: nothing singular there
+    S = A.sum(axis=(2, 3), keepdims=True)
+    assert ((G > 0) & (2 + S * G <= 0)).any()  # the case is there
+    assert_close_to_largest(fast.grad_cam_pp_weights(A, G), ref.grad_cam_pp_weights(A, G))
+    expected = ref.grad_cam_pp_singular(A, G).any(axis=(1, 2, 3))
+    assert not expected[0] and expected[1:].all()
+    np.testing.assert_array_equal(fast.grad_cam_pp_singular_images(A, G), expected)
+
+
 def test_grad_cam_pp_dead_channel_and_nan_gradient_as_the_formula():
     # a channel whose activations are all 0 (S = 0, common after a ReLU) weighs sum ReLU(G) / 2; a NaN gradient
     # makes its channel's weight NaN, as in the formula (a maximum that drops NaN would hide it)

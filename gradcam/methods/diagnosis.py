@@ -128,8 +128,9 @@ def signed_map_warnings(method: str, layer: str, raw: np.ndarray) -> list[Explan
 
 
 def singular_weight_warnings(method: str, layer: str, singular: np.ndarray) -> list[ExplanationWarning]:
-    """The warnings about Grad-CAM++'s position weights, from the ``(N, K, h, w)`` mask of the positions where
-    they leave ``[0, 1]`` (``gradcam.reference.cams.grad_cam_pp_singular``), one for the images concerned."""
+    """The warnings about Grad-CAM++'s position weights, from a mask whose first axis is the image: ``(N, K, h, w)``
+    positions where they leave ``[0, 1]`` (``gradcam.reference.cams.grad_cam_pp_singular``) or ``(N,)`` images
+    (``gradcam.reference.fast.grad_cam_pp_singular_images``), one warning for the images concerned."""
     reasons = [f"the {method} weights at layer {layer!r}: {SINGULAR}" if s.any() else None for s in singular]
     return [ExplanationWarning(SingularWeightWarning, w.reason, w.images) for w in _grouped(reasons)]
 

@@ -87,22 +87,22 @@ class GradCAMPlusPlus(ChannelWeightMethod):
             S = A.sum(axis=(2, 3), keepdims=True)
             a = np.where(G != 0, G**2 / (2 * G**2 + S * G**3 + self.eps), 0.0)
             return (a * ref.relu(G)).sum(axis=(2, 3)).astype(np.float32)
-        if self._regular(A):
+        if self.variant == "paper":
             return fast.grad_cam_pp_weights(A, G)
         return ref.grad_cam_pp_weights(A, G, self.variant)
 
-    def _regular(self, A: np.ndarray) -> bool:
-        """Whether no position weight can leave ``(0, 1/2]``: the paper's form with no channel summing below 0.
-        Then the float32 form serves, and there is nothing to warn about."""
-        return self.variant == "paper" and bool((A.sum(axis=(2, 3)) >= 0).all())
+    def _singular(self, A: np.ndarray, G: np.ndarray) -> np.ndarray:
+        """Per image (the paper's form) or per position (the seed's), where some ``a`` leaves ``[0, 1]``."""
+        if self.variant == "paper":
+            return fast.grad_cam_pp_singular_images(A, G)
+        return cams.grad_cam_pp_singular(A, G, self.variant)
 
     def explain_probe(self, probe: Probe) -> Explanation:
         explanation = super().explain_probe(probe)
         found = []
         for name in probe.layers:
-            A, G = probe.activations[name], probe.gradients[name]
-            if not self._regular(A):
-                found += singular_weight_warnings(self.name, name, cams.grad_cam_pp_singular(A, G, self.variant))
+            singular = self._singular(probe.activations[name], probe.gradients[name])
+            found += singular_weight_warnings(self.name, name, singular)
         return with_warnings(explanation, found, self.quiet)
 
 

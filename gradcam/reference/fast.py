@@ -105,8 +105,9 @@ def grad_cam_pp_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
         g / (2 + S_k g)        (0 where g = 0)
 
     the same number without the powers, whose float32 values lose precision for ``|G| < 2e-13`` (``G^3``
-    leaves the normal range) and vanish below ``1e-15``. Where ``2 + S_k g = 0`` the term is 0, as in the
-    formula: such rare poles show as non-finite sums, which are computed again. A NaN in ``G`` stays a NaN.
+    leaves the normal range) and vanish below ``1e-15``. Where ``2 + S_k g <= 0`` the term is 0, the rule of
+    ``cams.grad_cam_pp_weights``: that needs ``S_k < 0`` (activations of either sign), so only those channels,
+    and the rows whose sums came out non-finite, are computed again, in float64. A NaN in ``G`` stays a NaN.
 
     Per chunk of the gradients: ``g``; ``S_k`` copied to every position, times ``g``, plus 2, in place;
     the quotient; its sum over the grid. (The sums ``S`` take one pass over the activations first.)
@@ -125,12 +126,28 @@ def grad_cam_pp_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
             d += np.float32(2.0)
             np.divide(g, d, out=d)
             np.einsum("nkp->nk", d, out=weights[rows])
-    poles = np.nonzero(~np.isfinite(weights))
-    if poles[0].size:
-        g = np.maximum(G[poles], np.float32(0.0))
-        d = g * S[poles] + np.float32(2.0)
-        weights[poles] = np.divide(g, d, out=np.zeros_like(d), where=d != 0).sum(axis=-1)
+    again = np.nonzero((S[:, :, 0] < 0) | ~np.isfinite(weights))
+    if again[0].size:
+        # in float64: near the pole 2 + S_k g is a small difference, whose float32 rounding the quotient magnifies
+        g = np.maximum(G[again].astype(np.float64), 0.0)
+        d = g * A[again].sum(axis=-1, dtype=np.float64)[:, None] + 2.0
+        sums = np.divide(g, d, out=np.zeros_like(d), where=d > 0).sum(axis=-1)
+        sums[np.isnan(g).any(axis=-1)] = np.nan
+        weights[again] = sums
     return weights
+
+
+def grad_cam_pp_singular_images(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: the images where some Grad-CAM++ weight ``a = 1 / (2 + S_k G)`` of a position with ``G > 0``
+    leaves ``[0, 1]`` (``cams.grad_cam_pp_singular``, the paper's form, any over channels and positions).
+
+    That is ``S_k G < -1``, which needs ``S_k < 0``, and then holds somewhere in the channel exactly when it holds
+    at the channel's largest gradient: one pass for the sums and one for the maxima.
+    """
+    A, G = _pair(A, G)
+    S = np.einsum("nkp->nk", A)
+    with np.errstate(invalid="ignore"):
+        return ((S < 0) & (S * G.max(axis=-1) < -1)).any(axis=1)
 
 
 def xgrad_cam_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
