@@ -7,8 +7,9 @@ module holds only what its framework needs (see ``gradcam.backends.contract``).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import difflib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -357,3 +358,35 @@ def vit_reshape(tokens: np.ndarray, grid: tuple[int, int] | None = None, class_t
     if h * w != t:
         raise ValueError(f"grid {grid} does not hold {t} patch tokens")
     return patches.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+
+
+def select_output(outputs: Any, output: Hashable) -> Any:
+    """``outputs[output]`` (a key or index) or ``outputs.output`` (a dataclass field); ``outputs`` for ``None``.
+
+    The ``output=`` of every backend's ``explained_model``, on the model's outputs whatever their framework.
+
+    Raises
+    ------
+    KeyError
+        When ``output`` names nothing in ``outputs``; the message lists what there is.
+    """
+    if output is None:
+        return outputs
+    if isinstance(outputs, Mapping):
+        if output in outputs:
+            return outputs[output]
+    elif isinstance(output, str) and hasattr(outputs, output):
+        return getattr(outputs, output)
+    elif isinstance(output, int) and isinstance(outputs, (tuple, list)) and -len(outputs) <= output < len(outputs):
+        return outputs[output]
+    raise KeyError(f"the model's output has no {output!r}; it has {_available(outputs)}")
+
+
+def _available(outputs: Any) -> str:
+    if isinstance(outputs, Mapping):
+        return f"keys {list(outputs)}"
+    if dataclasses.is_dataclass(outputs):
+        return f"fields {[f.name for f in dataclasses.fields(outputs)]}"
+    if isinstance(outputs, (tuple, list)):
+        return f"{len(outputs)} entries (indices 0..{len(outputs) - 1})"
+    return f"a single {type(outputs).__name__}"

@@ -264,7 +264,7 @@ def variable_paths(jm: FlaxModel | NnxModel) -> list[str]:
 def forward(structure: Structure, variables: Any, x: Any, on_output: OnOutput | None = None) -> Any:
     """The model's outputs (the selected one); each layer output passes through ``on_output(name, call_index,
     output)``."""
-    return select_output(_outputs(structure, variables, x, on_output), structure.output)
+    return common.select_output(_outputs(structure, variables, x, on_output), structure.output)
 
 
 def _outputs(structure: Structure, variables: Any, x: Any, on_output: OnOutput | None) -> Any:
@@ -293,27 +293,6 @@ def _outputs(structure: Structure, variables: Any, x: Any, on_output: OnOutput |
 
     with nn.intercept_methods(interceptor):
         return structure.module.apply(variables, x, method=structure.method, **kwargs)
-
-
-def select_output(outputs: Any, output: Hashable) -> Any:
-    """``outputs[output]`` (a key or index) or ``outputs.output`` (a dataclass field); ``outputs`` for ``None``.
-
-    Raises
-    ------
-    KeyError
-        When ``output`` names nothing in ``outputs``; the message lists what there is.
-    """
-    if output is None:
-        return outputs
-    if isinstance(outputs, Mapping):
-        if output in outputs:
-            return outputs[output]
-    elif isinstance(output, str) and hasattr(outputs, output):
-        return getattr(outputs, output)
-    elif isinstance(output, int) and isinstance(outputs, (tuple, list)) and -len(outputs) <= output < len(outputs):
-        return outputs[output]
-    what = f"keys {list(outputs)}" if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
-    raise KeyError(f"the model's output has no {output!r}; it has {what}")
 
 
 def ablated_forward(structure: Structure, name: str, axis: int, first: int) -> Callable[..., Any]:

@@ -13,11 +13,11 @@ looks through it), so ``layer="conv5_block3_out"`` names the same layer as on th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 from typing import Any
 
 import keras
 
+from gradcam.backends import common
 from gradcam.backends.tensorflow.layers import EXPLAINS, instance_attribute
 
 _PROBABILITIES = {"softmax": keras.activations.softmax, "sigmoid": keras.activations.sigmoid}
@@ -39,7 +39,7 @@ class Explained(keras.Model):
             if self.final is not None:
                 stack.enter_context(_without_probability(self.final))
             outputs = inner(inputs, training=training)
-        return select_output(outputs, self.selected)
+        return common.select_output(outputs, self.selected)
 
 
 def explained_model(model: keras.Model, output: Any = None, probability: bool = False) -> tuple[Any, tuple[str, ...]]:
@@ -70,24 +70,6 @@ def explained_model(model: keras.Model, output: Any = None, probability: bool = 
     if final is None and output is None:
         return model, tuple(notes)
     return Explained(model, output, final), tuple(notes)
-
-
-def select_output(outputs: Any, output: Any) -> Any:
-    """``outputs[output]`` (a key or index), or ``outputs`` itself when ``output`` is ``None``.
-
-    Raises
-    ------
-    KeyError
-        When ``output`` names nothing in ``outputs``; the message lists what there is.
-    """
-    if output is None:
-        return outputs
-    if isinstance(outputs, Mapping) and output in outputs:
-        return outputs[output]
-    if isinstance(outputs, (list, tuple)) and isinstance(output, int) and -len(outputs) <= output < len(outputs):
-        return outputs[output]
-    what = f"keys {list(outputs)}" if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
-    raise KeyError(f"the model's output has no {output!r}; it has {what}")
 
 
 def _final_probability_layer(model: keras.Model) -> keras.layers.Layer | None:

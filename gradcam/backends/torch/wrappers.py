@@ -9,12 +9,13 @@ given (``gradcam layers``): an ``OutputOf`` view lists its inner module's layers
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from gradcam.backends import common
 
 _FINAL_PROBABILITY = (torch.nn.Softmax, torch.nn.Sigmoid)
 
@@ -101,26 +102,11 @@ def explained_model(
 
 
 def select_output(out: Any, output: Any) -> Any:
-    """``out[output]`` (a key or index) or ``out.output`` (a dataclass field); with ``output=None``, the
-    ``logits`` of a dict or dataclass output, else ``out`` itself.
-
-    Raises
-    ------
-    KeyError
-        When ``output`` names nothing in ``out``; the message lists what there is.
-    """
-    if output is None:
-        if isinstance(out, Mapping) and "logits" in out:
-            return out["logits"]
-        return out
-    if isinstance(out, Mapping):
-        if output in out:
-            return out[output]
-    elif isinstance(output, str) and hasattr(out, output):
-        return getattr(out, output)
-    elif isinstance(output, int) and isinstance(out, (tuple, list)) and -len(out) <= output < len(out):
-        return out[output]
-    raise KeyError(f"the model's output has no {output!r}; it has {_available(out)}")
+    """``common.select_output``, except that with ``output=None`` a dict output's ``logits`` are explained (the
+    dataclass outputs of Hugging Face models are wrapped by ``OutputOf`` instead)."""
+    if output is None and isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    return common.select_output(out, output)
 
 
 def dependence_score(outputs: Any, n: int) -> torch.Tensor:
@@ -140,13 +126,3 @@ def _is_hugging_face(module: torch.nn.Module) -> bool:
     # a transformers model can only exist if transformers was imported; nothing is imported to find out
     transformers = sys.modules.get("transformers")
     return transformers is not None and isinstance(module, transformers.PreTrainedModel)
-
-
-def _available(out: Any) -> str:
-    if isinstance(out, Mapping):
-        return f"keys {list(out)}"
-    if dataclasses.is_dataclass(out):
-        return f"fields {[f.name for f in dataclasses.fields(out)]}"
-    if isinstance(out, (tuple, list)):
-        return f"{len(out)} entries (indices 0..{len(out) - 1})"
-    return f"a single {type(out).__name__}"
