@@ -143,6 +143,55 @@ def test_layer_output_aliasing_its_input_keeps_the_value_it_had():
     np.testing.assert_allclose(result.gradients["view"], expected, **F32)
 
 
+class EditsInPlace(nn.Module):
+    """conv -> ``edit`` -> conv2 -> GAP -> dense, where ``edit`` is "relu" (an in-place ReLU on the first conv's
+    output), "no_grad" (that output doubled in place under ``no_grad``), "second" (the second conv's output
+    edited in place by ``+=``) or None; ``edited=False`` runs the same arithmetic out of place (the reference)."""
+
+    def __init__(self, edit, edited=True):
+        super().__init__()
+        self.conv, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+        self.edit, self.edited, self.forwards = edit, edited, 0
+
+    def forward(self, x):
+        self.forwards += 1
+        h = self.conv(x)
+        if self.edit == "relu":
+            h = torch.relu_(h) if self.edited else torch.relu(h)
+        if self.edit == "no_grad":
+            with torch.no_grad():
+                h.mul_(2) if self.edited else None
+            h = h if self.edited else h.detach() * 2 + (h - h.detach())  # same value, gradient as if untouched
+        g = self.conv2(h)
+        if self.edit == "second":
+            g = g.add_(1) if self.edited else g + 1
+        return self.head(g.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("edit", ["relu", "no_grad", "second"])
+def test_a_captured_output_edited_in_place_downstream_keeps_the_value_it_had(edit):
+    """The hooks hand on the captured tensor itself; a forward that edited one in place is run again with copies
+    (two forwards), and the activations and gradients are those of the same model written out of place."""
+    model = nets.seeded(EditsInPlace(edit))
+    reference = copy.deepcopy(model)
+    reference.edited = False
+    x = nets.images(2)
+    got = backend.probe(model, x, layers=["conv", "conv2"], target=2)
+    want = backend.probe(reference, x, layers=["conv", "conv2"], target=2)
+    assert (model.forwards, reference.forwards) == (2, 1)
+    for name in ("conv", "conv2"):
+        np.testing.assert_allclose(got.activations[name], want.activations[name], **F32)
+        np.testing.assert_allclose(got.gradients[name], want.gradients[name], **F32)
+    np.testing.assert_allclose(got.activations["conv"], model.conv(x).detach().numpy(), **F32)
+
+
+def test_a_model_that_edits_nothing_in_place_runs_one_forward():
+    model = nets.seeded(EditsInPlace(None))
+    backend.probe(model, nets.images(2), layers=["conv", "conv2"])
+    assert model.forwards == 1
+
+
 def test_called_inside_inference_mode():
     model = nets.seeded(nets.SmallResNet())
     x = nets.images(2)

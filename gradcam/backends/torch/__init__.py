@@ -26,7 +26,7 @@ import torch
 
 from gradcam.backends import choice, common, layouts
 from gradcam.backends.probe import InputGradient, Probe
-from gradcam.backends.torch.capture import Capture, is_training, left_as_found, parameters_frozen
+from gradcam.backends.torch.capture import Capture, forward_capturing, is_training, left_as_found, parameters_frozen
 from gradcam.backends.torch.guided import ReluRule
 from gradcam.backends.torch.inputs import as_batch, host_array, require_module, resolve_layer, resolve_layers
 from gradcam.backends.torch.wrappers import dependence_score, explained_model
@@ -264,10 +264,8 @@ def probe(
     names, modules = resolve_layers(model, specs)
     # type and count of the target now; its range once the forward has given the number of classes
     common.requested_classes(target, xt.shape[0])
-    capture = Capture(names, modules)
-    with left_as_found(model) as hooks:
-        hooks.extend(capture.attach())
-        outputs = model(xt)
+    with left_as_found(model):
+        capture, outputs = forward_capturing(model, xt, names, modules)
         torch.set_grad_enabled(True)
         capture.check_all_ran()
         scores, targets, logits = _target_scores(outputs, target, xt.shape[0])
