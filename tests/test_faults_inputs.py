@@ -325,6 +325,26 @@ def test_reduced_decoding_looks_like_resizing_the_full_image(tmp_path):
     assert np.array_equal(read_image(tmp_path / "small.png", size=(32, 32)), resize(small, (32, 32)))
 
 
+def test_an_image_already_at_the_model_size_is_its_decoded_pixels(tmp_path):
+    """The short path for RGB images stored at the model's size gives the same pixels as the general one would
+    (decoding, then a resize to the same size, which copies), one array per size."""
+    from gradcam.images import decode, open_image
+
+    pixels = np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    for name in ("same.png", "same.jpg"):
+        Image.fromarray(pixels).save(tmp_path / name)
+        with Image.open(tmp_path / name) as image:
+            want = np.asarray(image.convert("RGB").resize((32, 24), Image.Resampling.BILINEAR))
+        with open_image(tmp_path / name) as image:
+            model_input, original = decode(image, [(24, 32), (24, 32)])
+        assert np.array_equal(model_input, want) and np.array_equal(original, want), name
+        assert model_input is not original
+    Image.fromarray(pixels[:, :, 0]).save(tmp_path / "grey.png")  # another mode: the general path, as before
+    with open_image(tmp_path / "grey.png") as image:
+        (grey,) = decode(image, [(24, 32)])
+    assert np.array_equal(grey, np.repeat(pixels[:, :, :1], 3, axis=2))
+
+
 # --- class 10: argument and model errors: one line, status 2, before any work -------------------------------------
 
 

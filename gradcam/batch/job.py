@@ -227,7 +227,8 @@ class Explainer:
     ) -> list[tuple[list[int], dict[str, Explanation]]]:
         """The methods on the images ``indices`` of ``batch`` (``target``: one for all, or a list, one each);
         the groups of images explained, with an error in ``errors`` for each other one."""
-        x = self.loaded.prepare(batch.pixels[indices])
+        rows = batch.pixels if len(indices) == len(batch.pixels) else batch.pixels[indices]
+        x = self.loaded.prepare(rows)
         try:
             explanations = {name: method(x, target=target) for name, method in self.methods.items()}
         except Exception as error:  # noqa: BLE001 - the model's own code may raise anything for one image

@@ -38,13 +38,26 @@ class LoadedModel:
 def scaled(
     layout: str, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, scale: float = 1.0
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """``(N, H, W, 3)`` uint8 -> float32 in ``[0, scale]``, optionally standardised, in ``layout``."""
+    """``(N, H, W, 3)`` uint8 -> float32 in ``[0, scale]``, optionally standardised, in ``layout``.
+
+    ``x = u * (scale / 255)``, then ``(x - mean_c) / std_c``, each in float32. The first step converts, scales and
+    lays out in one pass, written straight in ``layout``: converting, scaling and transposing as three passes
+    cost 0.27 ms per 224-px image, more than a third of a near-free model's whole Grad-CAM.
+    """
+    factor = np.float32(scale / 255.0)
+    # per channel, shaped to broadcast over the channel axis of ``layout``
+    shape = (3, 1, 1) if layout == "NCHW" else (3,)
+    centre = None if mean is None else np.asarray(mean, np.float32).reshape(shape)
+    spread = None if std is None else np.asarray(std, np.float32).reshape(shape)
 
     def prepare(images: np.ndarray) -> np.ndarray:
-        x = images.astype(np.float32) * np.float32(scale / 255.0)
-        if mean is not None:
-            x = (x - np.float32(mean)) / np.float32(std)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)
+        images = np.asarray(images)
+        source = images.transpose(0, 3, 1, 2) if layout == "NCHW" else images
+        x = np.multiply(source, factor, dtype=np.float32, order="C")  # written in the layout's own order
+        if centre is not None:
+            x -= centre
+            x /= spread
+        return x
 
     return prepare
 
