@@ -278,3 +278,17 @@ def kit_for(name: str) -> Kit:
     for module in FRAMEWORKS[name]:
         pytest.importorskip(module)
     return _built(name)
+
+
+def embedded_net_everywhere(weights_seed: int, input_seed: int) -> dict[str, tuple[Any, np.ndarray]]:
+    """The embedded model's architecture with random weights (``weights_seed``) in torch, Keras and Flax, each with
+    the same two 64x64 images (``input_seed``) in its own layout: framework -> (model, images)."""
+    from gradcam.models import flax_net, keras_net, random_weights, torch_net
+
+    weights = random_weights(seed=weights_seed)
+    x = np.random.default_rng(input_seed).random((2, 64, 64, 3), dtype=np.float32)
+    return {
+        "torch": (torch_net.build(weights), np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
+        "tensorflow": (keras_net.build(weights), x),
+        "jax": (flax_net.build(weights), x),
+    }

@@ -4,35 +4,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_nets as nets
+from backend_kits import embedded_net_everywhere
 from torch import nn
 
 import gradcam
 from gradcam.methods.perturbation import ablation_weights, window_starts
-from gradcam.models import random_weights
-
-
-class TinyCNN(nn.Module):
-    """conv-relu-conv-relu, pooling, a dense layer; channel 0 of ``features`` is dead (zero everywhere)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
-        self.features = nn.Sequential(nn.Conv2d(6, 5, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(5, 4)
-        with torch.no_grad():
-            self.stem[0].bias.fill_(0.2)
-            self.features[0].bias.fill_(0.3)
-            self.features[0].weight[0] = 0.0
-            self.features[0].bias[0] = -1.0
-
-    def forward(self, x):
-        return self.fc(self.features(self.stem(x)).mean(dim=(2, 3)))
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    model = TinyCNN().eval()
+    model = nets.DeadChannelNet(channels=5, classes=4, stem_bias=0.2).eval()
     x = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         targets = model(x).argmax(1)
@@ -224,15 +206,7 @@ def test_bad_arguments_get_a_clear_error(tiny, build, message):
 
 @pytest.fixture(scope="module")
 def three_frameworks():
-    from gradcam.models import flax_net, keras_net, torch_net
-
-    weights = random_weights(seed=2)
-    x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
-    return {
-        "torch": (torch_net.build(weights), np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
-        "tensorflow": (keras_net.build(weights), x),
-        "jax": (flax_net.build(weights), x),
-    }
+    return embedded_net_everywhere(weights_seed=2, input_seed=0)
 
 
 @pytest.mark.parametrize(

@@ -274,6 +274,27 @@ class TinyViT(nn.Module):
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 
+class DeadChannelNet(nn.Module):
+    """conv-relu-conv-relu, mean pooling, a dense layer; channel 0 of ``features`` is dead (0 everywhere: a flat
+    Score-CAM mask, weight 0). For the perturbation methods' one-masked-image-at-a-time checks."""
+
+    def __init__(self, channels: int, classes: int, stem_bias: float | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(nn.Conv2d(6, channels, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(channels, classes)
+        with torch.no_grad():
+            if stem_bias is not None:
+                self.stem[0].bias.fill_(stem_bias)
+            self.features[0].bias.fill_(0.3)
+            self.features[0].weight[0] = 0.0
+            self.features[0].bias[0] = -1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(self.stem(x)).mean(dim=(2, 3)))
+
+
 class Failing(nn.Module):
     """Raises in its forward after ``net.layer1`` has run (and turned grad mode on)."""
 

@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--method", nargs="+", default=None, metavar="METHOD",
-        help=f"methods to evaluate (default: all of {', '.join(METHODS)})",
+        help=f"methods to evaluate, any of {', '.join(METHODS)} (default: the 14 of the README's tables, "
+        "gradcam.evaluation.EVALUATED_METHODS)",
     )
     evaluate.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out splits (default 0)")

@@ -1,9 +1,13 @@
 """One class per method; all share the bases in ``gradcam.methods.base``."""
+from gradcam.methods.augment import AugmentSmooth
 from gradcam.methods.base import ChannelWeightMethod, LayerMethod, Method
 from gradcam.methods.cam import CAM
+from gradcam.methods.family import FEM, KPCACAM, EigenGradCAM, FinerCAM
 from gradcam.methods.gradient import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from gradcam.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM
 from gradcam.methods.perturbation import AblationCAM, Occlusion, ScoreCAM
+from gradcam.methods.saliency import Saliency, SmoothGrad
+from gradcam.methods.score_variants import ISCAM, SSCAM
 from gradcam.methods.smooth import SmoothGradCAMPlusPlus
 
 METHODS: dict[str, type[Method]] = {
@@ -23,26 +27,43 @@ METHODS: dict[str, type[Method]] = {
         ScoreCAM,
         AblationCAM,
         Occlusion,
+        EigenGradCAM,
+        KPCACAM,
+        FEM,
+        FinerCAM,
+        Saliency,
+        SmoothGrad,
+        SSCAM,
+        ISCAM,
     )
 }
 
 __all__ = [
     "AblationCAM",
+    "AugmentSmooth",
     "CAM",
     "ChannelWeightMethod",
     "Deconvnet",
     "EigenCAM",
+    "EigenGradCAM",
+    "FEM",
+    "FinerCAM",
     "GradCAM",
     "GradCAMPlusPlus",
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
+    "ISCAM",
+    "KPCACAM",
     "LayerCAM",
     "LayerMethod",
     "METHODS",
     "Method",
     "Occlusion",
+    "SSCAM",
+    "Saliency",
     "ScoreCAM",
+    "SmoothGrad",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
 ]

@@ -16,7 +16,7 @@ from gradcam.backends import Backend, Probe, backend_by_name, get_backend
 from gradcam.backends.common import Target, layer_list
 from gradcam.explanation import Explanation, ExplanationWarning, ProbabilityWarning, issue
 from gradcam.methods.diagnosis import layer_map_warnings
-from gradcam.reference import fast
+from gradcam.reference import family, fast, postprocess
 
 # how a backend's note (``Backend.explained_model``) starts when the explained score is a probability
 PROBABILITY_NOTE = "the explained score is a probability"
@@ -59,6 +59,9 @@ class Method(ABC):
     backend : force a backend by name (``"torch"``, ``"tensorflow"``, ``"jax"``) instead of detecting it.
     quiet : keep the warnings about degenerate results in ``Explanation.warnings`` only, without issuing them
         with ``warnings.warn`` (the command line writes them to its records instead).
+    upsample : how a layer's map is brought to the input's size: ``"bilinear"`` (default), ``"nearest"`` or
+        ``"bicubic"`` (``gradcam.reference.postprocess.resize``). Methods whose maps already have the input's
+        size (input gradients, occlusion) have nothing to upsample.
 
     ``notes`` says what was done to the model to explain it (a wrapper unwrapped, an output selected, a final
     softmax left out).
@@ -81,12 +84,16 @@ class Method(ABC):
         probability: bool = False,
         backend: str | None = None,
         quiet: bool = False,
+        upsample: str = "bilinear",
     ) -> None:
         if layout is not None and reshape is not None:
             raise ValueError("give layout= (a layout name such as 'NHWC') or reshape= (a function), not both")
         self.layers = layer_list(layer)
         self.reshape = layout if layout is not None else reshape
         self.quiet = quiet
+        if upsample not in postprocess.UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {', '.join(postprocess.UPSAMPLE_MODES)}, got {upsample!r}")
+        self.upsample = upsample
         self.backend: Backend = backend_by_name(backend) if backend else get_backend(model)
         self._model, self.notes = self.backend.explained_model(model, output=output, probability=probability)
         # the notes that say the score is a probability warn with every explanation; the others only inform
@@ -177,7 +184,7 @@ class LayerMethod(Method):
             G = probe.gradients[name] if self.uses_gradients else None
             found += layer_map_warnings(self.name, name, raw, probe.activations[name], G)
         explanation = Explanation(
-            maps=combine_layers(list(raw_by_layer.values()), probe.input_size),
+            maps=combine_layers(list(raw_by_layer.values()), probe.input_size, self.upsample),
             targets=probe.targets,
             scores=probe.scores,
             method=self.name,
@@ -189,20 +196,39 @@ class LayerMethod(Method):
         return self.warned(explanation, found)
 
 
-def combine_layers(raw_maps: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """Each layer's map upsampled to ``size`` and normalised; several layers averaged and normalised again.
+def combine_layers(raw_maps: list[np.ndarray], size: tuple[int, int], upsample: str = "bilinear") -> np.ndarray:
+    """Each layer's map upsampled to ``size`` by ``upsample`` and normalised; several layers averaged and
+    normalised again.
 
-    In float32 (``gradcam.reference.fast``): ``normalize(upsample(raw, size))`` of the float64 formulas to
-    float32 rounding, in about a tenth of their time.
+    Bilinear in float32 (``gradcam.reference.fast``): ``normalize(upsample(raw, size))`` of the float64 formulas
+    to float32 rounding, in about a tenth of their time. Nearest and bicubic, asked for less often, run the
+    float64 formulas (``gradcam.reference.postprocess.resize``).
     """
-    maps = [fast.upsample_normalized(raw, size) for raw in raw_maps]
+    if upsample == "bilinear":
+        maps = [fast.upsample_normalized(raw, size) for raw in raw_maps]
+    else:
+        maps = [postprocess.normalize(postprocess.resize(raw, size, upsample)) for raw in raw_maps]
     if len(maps) == 1:
         return maps[0]
     return fast.normalize(np.mean(maps, axis=0))
 
 
 class ChannelWeightMethod(LayerMethod):
-    """A method whose map is ``ReLU(sum_k w_k A_k)``: subclasses give ``channel_weights``."""
+    """A method whose map is ``ReLU(sum_k w_k A_k)``: subclasses give ``channel_weights``.
+
+    Parameters
+    ----------
+    eigen_smooth : ``False`` (default: the sum), ``True`` or ``"centred"``: the map is instead the first
+        principal component of the weighted activations ``w_k A_k``, oriented to agree with their sum
+        (pytorch-grad-cam's ``eigen_smooth``; ``gradcam.reference.family.eigen_smooth_map``), uncentred as
+        Eigen-CAM's paper, or centred as pytorch-grad-cam. The channel weights are the method's either way.
+    """
+
+    def __init__(self, model: Any, layer: Any = None, *, eigen_smooth: bool | str = False, **options: Any) -> None:
+        if not (isinstance(eigen_smooth, bool) or eigen_smooth == "centred"):
+            raise ValueError(f"eigen_smooth must be False, True or 'centred', got {eigen_smooth!r}")
+        super().__init__(model, layer, **options)
+        self.eigen_smooth = eigen_smooth
 
     @abstractmethod
     def channel_weights(self, A: np.ndarray, G: np.ndarray, probe: Probe) -> np.ndarray:
@@ -211,4 +237,6 @@ class ChannelWeightMethod(LayerMethod):
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, np.ndarray]:
         A = probe.activations[name]
         weights = self.channel_weights(A, probe.gradients[name], probe)
+        if self.eigen_smooth:
+            return family.eigen_smooth_map(A, weights, centred=self.eigen_smooth == "centred"), weights
         return fast.weighted_map(A, weights), weights

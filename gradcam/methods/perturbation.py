@@ -6,6 +6,7 @@ own input layout, which the backend names (``input_channel_axis``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,7 @@ class ScoreCAM(_PerturbedLayerMethod):
     batch_size : masked images per forward pass.
     max_channels : ``k`` keeps, per image, only the ``k`` channels of largest spatial variance of ``A_k`` (the
         "Faster Score-CAM" of the Score-CAM authors' repository); the others get weight 0. The explanation is
-        then named ``"faster-scorecam"``.
+        then named ``"faster-scorecam"`` (``"faster-sscam"``, ``"faster-iscam"`` for the variants).
     weighting : ``"classes"`` (default, the authors'): ``w_k = softmax(f(x * M_k))_c`` over the classes;
         ``"channels"`` (pytorch-grad-cam's): ``w = softmax_k(f(x * M_k)_c)``, the raw target scores with a softmax
         over the channels, a flat channel (mask 0) included.
@@ -80,6 +81,8 @@ class ScoreCAM(_PerturbedLayerMethod):
 
     name = "scorecam"
     WEIGHTINGS = ("classes", "channels")
+    # masked copies per channel, whose scores are averaged (SS-CAM and IS-CAM, ``gradcam.methods.score_variants``)
+    n_samples = 1
 
     def __init__(
         self,
@@ -94,7 +97,7 @@ class ScoreCAM(_PerturbedLayerMethod):
         super().__init__(model, layer, batch_size=batch_size, **options)
         self.max_channels = None if max_channels is None else positive_int(max_channels, "max_channels")
         if self.max_channels is not None:
-            self.name = "faster-scorecam"
+            self.name = f"faster-{self.name}"
         if weighting not in self.WEIGHTINGS:
             raise ValueError(f"weighting must be one of {', '.join(self.WEIGHTINGS)}, got {weighting!r}")
         self.weighting = weighting
@@ -112,24 +115,32 @@ class ScoreCAM(_PerturbedLayerMethod):
             selected &= top
         return selected
 
+    def mask_copies(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """``copies(masks, s)``: the masks ``(rows, H, W)`` of copies ``s`` (one index per row, below
+        ``n_samples``) of the channels' masks ``masks``, called on the rows in order. Score-CAM's is the mask
+        itself; made anew for each layer, so that a variant's noise starts from its seed every time."""
+        return lambda masks, s: masks
+
     def layer_map(self, name: str, probe: ImageProbe) -> tuple[np.ndarray, np.ndarray]:
         A = probe.activations[name]
         pairs = np.argwhere(self.scored_channels(A))  # (M, 2) rows (image n, channel k), image by image
         axis = self.backend.input_channel_axis(self.model)
         images = channels_last_view(probe.images, axis)
+        copies, S = self.mask_copies(), self.n_samples  # row r is copy r % S of pair r // S
 
         def fill(batch: np.ndarray, rows: np.ndarray) -> None:
-            n, k = pairs[rows].T
-            masks = ref.normalize(ref.upsample(A[n, k], probe.input_size))
+            n, k = pairs[rows // S].T
+            masks = copies(ref.normalize(ref.upsample(A[n, k], probe.input_size)), rows % S)
             np.multiply(images[n], masks[..., None], out=channels_last_view(batch, axis))
 
         score = "probability" if self.weighting == "classes" else "raw"
 
         def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
             logits = self.backend.predict(self.model, batch)
-            return target_scores(logits, probe.targets[pairs[rows, 0]], score)
+            return target_scores(logits, probe.targets[pairs[rows // S, 0]], score)
 
-        scores = run_in_batches(len(pairs), self.batch_size, probe.images.shape[1:], fill, forward)
+        copy_scores = run_in_batches(len(pairs) * S, self.batch_size, probe.images.shape[1:], fill, forward)
+        scores = copy_scores.reshape(len(pairs), S).mean(axis=1, dtype=np.float64)
         weights = np.zeros(A.shape[:2], dtype=np.float32)
         if self.weighting == "classes":
             weights[pairs[:, 0], pairs[:, 1]] = scores

@@ -78,7 +78,7 @@ class SmoothGradCAMPlusPlus(LayerMethod):
         scores = []
         for start in range(0, copy_of.size, self.batch_size):
             which = copy_of[start : start + self.batch_size]
-            noise = _channels_first_noise(rng, which.size, images.shape, input_size)
+            noise = channels_first_noise(rng, which.size, images.shape, input_size)
             noisy = images[which] + noise * sigma[which].reshape(per_image)
             batch_target = target if callable(target) else target[which]
             probe = self.backend.probe(self.model, noisy, layers, batch_target, reshape=self.reshape)
@@ -102,7 +102,7 @@ class SmoothGradCAMPlusPlus(LayerMethod):
         return with_warnings(explanation, found, self.quiet)
 
 
-def _channels_first_noise(
+def channels_first_noise(
     rng: np.random.Generator, count: int, shape: tuple[int, ...], input_size: tuple[int, int]
 ) -> np.ndarray:
     """Standard normal noise drawn in the canonical (count, C, H, W) order and laid out like the input.

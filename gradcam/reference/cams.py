@@ -292,13 +292,16 @@ def eigen_cam(A: np.ndarray, centred: bool = False) -> np.ndarray:
         if centred:
             O = O - O.mean(axis=0)
         _, _, Vt = np.linalg.svd(O, full_matrices=False)
-        maps[i] = _oriented(O @ Vt[0])
+        maps[i] = oriented(O @ Vt[0])
     return relu(maps).reshape(n, h, w).astype(np.float32)
 
 
-def _oriented(p: np.ndarray) -> np.ndarray:
+def oriented(p: np.ndarray) -> np.ndarray:
     """``p`` or ``-p``: the one whose positive part carries more energy, ``sum p|p| > 0``; on a tie, the one
-    whose first entry of largest ``|p|`` is positive. ``_oriented(-p) == _oriented(p)`` exactly."""
+    whose first entry of largest ``|p|`` is positive. ``oriented(-p) == oriented(p)`` exactly.
+
+    The first-component maps share this rule: Eigen-CAM here, Eigen-Grad-CAM and KPCA-CAM in
+    ``gradcam.reference.family`` (and ``eigen_smooth`` there, where the plain sum leaves the sign open)."""
     balance = np.sum(p * np.abs(p))
     if balance == 0.0:
         balance = p[np.argmax(np.abs(p))]

@@ -1,4 +1,5 @@
-"""Post-processing shared by every method and backend: bilinear upsampling and min-max normalisation."""
+"""Post-processing shared by every method and backend: upsampling (bilinear, or nearest or bicubic on request)
+and min-max normalisation."""
 from __future__ import annotations
 
 import numpy as np
@@ -63,3 +64,86 @@ def normalize(maps: np.ndarray) -> np.ndarray:
     span = maps.max(axis=(-2, -1), keepdims=True) - low
     out = np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
     return out.astype(np.float32)
+
+
+UPSAMPLE_MODES = ("bilinear", "nearest", "bicubic")
+BICUBIC_A = -0.5
+
+
+def nearest_taps(n_out: int, n_in: int) -> np.ndarray:
+    """The input pixel each output pixel of 1-D nearest-neighbour resizing copies: ``floor((i + 1/2) n_in / n_out)``.
+
+    Half-pixel centres, as ``bilinear_taps``: output pixel ``i`` covers input position ``(i + 1/2) n_in / n_out``
+    and takes the input pixel that contains it (Pillow's ``NEAREST``, ``torch`` ``mode="nearest-exact"``,
+    ``tf.image.resize(method="nearest")``). ``torch``'s plain ``mode="nearest"`` uses ``floor(i n_in / n_out)``
+    instead, which shifts the map by up to half an input pixel towards the top left.
+    """
+    if n_out < 1 or n_in < 1:
+        raise ValueError(f"sizes must be positive, got n_out={n_out}, n_in={n_in}")
+    return np.minimum(np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def cubic_kernel(t: np.ndarray, a: float = BICUBIC_A) -> np.ndarray:
+    """Keys' cubic convolution kernel (Keys, IEEE Trans. ASSP 1981), with ``|t| = d``:
+
+    ``W(d) = (a + 2) d^3 - (a + 3) d^2 + 1`` for ``d <= 1``, ``a d^3 - 5a d^2 + 8a d - 4a`` for ``1 < d < 2``,
+    0 beyond. ``a = -0.5`` (Pillow, TensorFlow, JAX, and Keys' own choice) reproduces quadratics exactly.
+    """
+    d = np.abs(np.asarray(t, dtype=np.float64))
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def bicubic_taps(n_out: int, n_in: int, a: float = BICUBIC_A) -> tuple[np.ndarray, np.ndarray]:
+    """The four input neighbours ``(n_out, 4)`` of each output pixel of 1-D bicubic resizing, and their weights.
+
+    Output pixel ``i`` samples the input at ``s = (i + 1/2) n_in / n_out - 1/2`` (half-pixel centres, not
+    clamped); its neighbours are ``j = floor(s) - 1 ... floor(s) + 2`` with weights ``W(s - j)``
+    (``cubic_kernel``). Neighbours outside the image are left out and the remaining weights divided by their
+    sum: Pillow's ``BICUBIC``, ``tf.image.resize(method="bicubic")`` and ``jax.image.resize(..., "cubic")``
+    when enlarging. (``torch`` ``mode="bicubic"`` differs: ``a = -0.75``, and it repeats the edge pixel
+    instead of leaving the outside out.) A left-out neighbour keeps a valid index with weight 0.
+    """
+    if n_out < 1 or n_in < 1:
+        raise ValueError(f"sizes must be positive, got n_out={n_out}, n_in={n_in}")
+    s = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    j = np.floor(s).astype(np.int64)[:, None] + np.arange(-1, 3)
+    weights = np.where((j >= 0) & (j < n_in), cubic_kernel(s[:, None] - j, a), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.clip(j, 0, n_in - 1), weights
+
+
+def resize_matrix(n_out: int, n_in: int, mode: str = "bilinear") -> np.ndarray:
+    """The ``(n_out, n_in)`` matrix ``R`` of 1-D resizing by ``mode`` (``UPSAMPLE_MODES``): ``R @ v`` resizes ``v``."""
+    if mode == "bilinear":
+        return bilinear_matrix(n_out, n_in)
+    R = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    if mode == "nearest":
+        R[rows, nearest_taps(n_out, n_in)] = 1.0
+    elif mode == "bicubic":
+        index, weights = bicubic_taps(n_out, n_in)
+        np.add.at(R, (np.repeat(rows, 4), index.ravel()), weights.ravel())
+    else:
+        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
+    return R
+
+
+def resize(maps: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """``(N, h, w)`` maps resized to ``(N, H, W)`` by ``mode``: ``R_h @ m @ R_w^T`` per map (``resize_matrix``).
+
+    ``"bilinear"`` is ``upsample``; the others are computed rows first, then columns, with ``np.einsum``, which
+    makes no BLAS call (see ``upsample``). ``"nearest"`` copies each map cell into a block (captum's choice for
+    Guided Grad-CAM); ``"bicubic"`` (xplique's) is smoother than bilinear and, through the kernel's negative
+    lobes, overshoots the map's range near steps; the normalization that follows absorbs that.
+    """
+    if mode == "bilinear":
+        return upsample(maps, size)
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must have shape (N, h, w), got {maps.ndim}-D shape {maps.shape}")
+    R_h = resize_matrix(int(size[0]), maps.shape[1], mode)
+    R_w = resize_matrix(int(size[1]), maps.shape[2], mode)
+    rows = np.einsum("Hh,nhw->nHw", R_h, maps)
+    return np.einsum("nHw,Ww->nHW", rows, R_w).astype(np.float32)

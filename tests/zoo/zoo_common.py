@@ -25,6 +25,9 @@ FAST = {
     "occlusion": {"window": 8, "stride": 8},
     "scorecam": {"batch_size": 64, "max_channels": 32},
     "ablationcam": {"batch_size": 64},
+    "smoothgrad": {"n_samples": 2},
+    "sscam": {"batch_size": 64, "max_channels": 8, "n_samples": 2},
+    "iscam": {"batch_size": 64, "max_channels": 8, "n_samples": 2},
 }
 
 
@@ -93,10 +96,11 @@ def check_grad_cam(name: str, case: Case, model: Any, x: Any, hand: np.ndarray, 
 
 
 # the refusals a method states instead of drawing a wrong map: CAM on another head, a class-scoring method
-# (Score-CAM, Ablation-CAM, Occlusion) given a target function
+# (Score-CAM and its variants, Ablation-CAM, Occlusion, Finer-CAM) given a target function
 REFUSALS = (
     "CAM needs the layer to be followed by global average pooling",
     "scores classes of the model's (N, classes) output; a target function is not supported",
+    "Finer-CAM compares class scores; give target= a class index (or None), not a function",
 )
 
 
