@@ -130,7 +130,7 @@ def test_smooth_weights_each_copy_by_its_exp_score():
 
 
 def test_shape_errors_name_the_expected_shape():
-    with pytest.raises(ValueError, match=r"\(T, N, K, h, w\)"):
+    with pytest.raises(ValueError, match=r"\(T, N, K, \*grid\)"):
         ref.smooth_grad_cam_pp(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 3, 3)), np.zeros((1, 1)))
     with pytest.raises(ValueError, match=r"\(T, N\)"):
         ref.smooth_grad_cam_pp(np.zeros((1, 2, 3, 3)), np.zeros((4, 1, 2, 3, 3)), np.zeros((3, 1)))

@@ -101,9 +101,10 @@ def test_xgrad_cam_weights_by_activation_share():
     np.testing.assert_allclose(ref.xgrad_cam_weights(A, G), [[1 / 4 * 2 + 3 / 4 * 4]])
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 3, 4)), np.zeros((1, 2, 3, 4, 5))])
+@pytest.mark.parametrize("bad", [np.zeros((2, 3)), np.zeros((1, 2, 3, 4, 5, 6))])
 def test_wrong_rank_names_the_expected_shape(bad):
-    with pytest.raises(ValueError, match=r"\(N, K, h, w\)"):
+    """A grid of one to three axes is a signal, an image or a volume; none or four is refused."""
+    with pytest.raises(ValueError, match=r"\(N, K, \*grid\) with a grid of 1 to 3 axes"):
         ref.grad_cam(bad, bad)
 
 

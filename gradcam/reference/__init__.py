@@ -1,7 +1,9 @@
 """The formulas of the Grad-CAM family in plain NumPy, one small function per rule.
 
 Nothing here imports a framework: activations ``A`` and gradients ``G`` arrive as ``(N, K, h, w)``
-arrays from any backend (or from a hand-worked example), and every function returns NumPy.
+arrays from any backend (or from a hand-worked example), and every function returns NumPy. The grid may also
+have one axis (signals, ``(N, K, L)``) or three (volumes and clips, ``(N, K, d, h, w)``): each rule, the
+upsampling (linear, bilinear, trilinear), the normalization and the 15% box are written once for any grid.
 
 These float64 functions are the oracle. The methods run ``gradcam.reference.fast``: the same rules in
 float32, written for throughput, tested against these in every backend (``tests/test_fast_path.py``).

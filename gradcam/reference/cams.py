@@ -4,12 +4,17 @@
 ``(N, K, h, w)``: N images, K channels, an ``h x w`` grid. ``Z = h * w``. Sums over ``i, j`` run
 over the grid, over ``k`` over channels. Every map function returns the raw map ``(N, h, w)``
 float32; the math runs in float64.
+
+The grid may have one axis (a signal, ``(N, K, L)``) or three (a volume or a clip, ``(N, K, d, h, w)``)
+instead of two: the papers' ``i, j`` then stand for every position of the grid, ``Z`` is the number of
+positions, and the maps are ``(N, L)`` or ``(N, d, h, w)``. Each rule is written once for any grid
+(``checks.grid_axes``); the docstrings keep the papers' two-axis notation.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from gradcam.reference.checks import activations_and_gradients, as_maps
+from gradcam.reference.checks import activations_and_gradients, as_layer_maps, as_maps, grid_axes
 
 
 def relu(x: np.ndarray) -> np.ndarray:
@@ -25,11 +30,11 @@ def weighted_map(A: np.ndarray, weights: np.ndarray) -> np.ndarray:
     A : (N, K, h, w) activations.
     weights : (N, K) one weight per channel and image.
     """
-    A = as_maps(A, "A (activations)")
+    A = as_layer_maps(A, "A (activations)")
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != A.shape[:2]:
         raise ValueError(f"weights must have shape (N, K) = {A.shape[:2]}, got {weights.shape}")
-    return relu(np.einsum("nk,nkij->nij", weights, A)).astype(np.float32)
+    return relu(np.einsum("nk,nk...->n...", weights, A)).astype(np.float32)
 
 
 def grad_cam_weights(G: np.ndarray) -> np.ndarray:
@@ -37,12 +42,12 @@ def grad_cam_weights(G: np.ndarray) -> np.ndarray:
 
     ``alpha_k = (1/Z) sum_ij G_kij``. Returns ``(N, K)`` float32.
     """
-    return _mean_gradient(as_maps(G, "G (gradients)")).astype(np.float32)
+    return _mean_gradient(as_layer_maps(G, "G (gradients)")).astype(np.float32)
 
 
 def _mean_gradient(G: np.ndarray) -> np.ndarray:
-    Z = G.shape[2] * G.shape[3]
-    return G.sum(axis=(2, 3)) / Z
+    Z = int(np.prod(G.shape[2:]))
+    return G.sum(axis=grid_axes(G)) / Z
 
 
 def grad_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
@@ -83,7 +88,7 @@ def cam(A: np.ndarray, fc_weight: np.ndarray, targets: np.ndarray) -> np.ndarray
 
     Returns ``(N, h, w)`` float32, signed.
     """
-    A = as_maps(A, "A (activations)")
+    A = as_layer_maps(A, "A (activations)")
     fc_weight = np.asarray(fc_weight, dtype=np.float64)
     targets = np.asarray(targets)
     if fc_weight.ndim != 2 or fc_weight.shape[1] != A.shape[1]:
@@ -93,7 +98,7 @@ def cam(A: np.ndarray, fc_weight: np.ndarray, targets: np.ndarray) -> np.ndarray
     if targets.shape != (A.shape[0],):
         raise ValueError(f"targets must have shape (N,) = ({A.shape[0]},), got {targets.shape}")
     W = fc_weight[targets]
-    return np.einsum("nk,nkij->nij", W, A).astype(np.float32)
+    return np.einsum("nk,nk...->n...", W, A).astype(np.float32)
 
 
 GRAD_CAM_PP_VARIANTS = ("paper", "seed")
@@ -129,16 +134,21 @@ def grad_cam_pp_weights(A: np.ndarray, G: np.ndarray, variant: str = "paper") ->
 def _grad_cam_pp_weights(A: np.ndarray, G: np.ndarray, variant: str) -> np.ndarray:
     G2, G3 = _squared_and_cubed(G)
     a = _alpha(G2, 2.0 * G2 + _third_order_term(A, G3, variant))
-    return np.einsum("nkij,nkij->nk", a, relu(G))
+    return _grid_sum(a * relu(G))
 
 
 def _third_order_term(A: np.ndarray, G3: np.ndarray, variant: str) -> np.ndarray:
     """``S_k G_kij^3`` (the paper) or ``sum_ab A_kab G_kab^3`` (seed 001's code)."""
     if variant == "paper":
-        return A.sum(axis=(2, 3), keepdims=True) * G3
+        return A.sum(axis=grid_axes(A), keepdims=True) * G3
     if variant == "seed":
-        return (A * G3).sum(axis=(2, 3), keepdims=True)
+        return (A * G3).sum(axis=grid_axes(A), keepdims=True)
     raise ValueError(f"unknown Grad-CAM++ variant {variant!r}; variants are {', '.join(GRAD_CAM_PP_VARIANTS)}")
+
+
+def _grid_sum(x: np.ndarray) -> np.ndarray:
+    """``sum_ij x_kij`` per image and channel: ``(N, K, *grid)`` -> ``(N, K)``."""
+    return x.sum(axis=grid_axes(x))
 
 
 def _alpha(D2: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -147,7 +157,7 @@ def _alpha(D2: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def grad_cam_pp_singular(A: np.ndarray, G: np.ndarray, variant: str = "paper") -> np.ndarray:
-    """Where Grad-CAM++'s ``a`` leaves ``[0, 1]`` at a position that counts: ``(N, K, h, w)`` bool.
+    """Where Grad-CAM++'s ``a`` leaves ``[0, 1]`` at a position that counts: ``(N, K, h, w)`` bool (``A``'s shape).
 
     A position counts where ``G > 0``. There ``a = G^2 / (2 G^2 + T)`` (``T = S_k G^3``, or ``sum_ab A G^3``
     for the seed variant) exceeds 1, or has no value, exactly where ``G^2 + T < 0``; for the paper's form that
@@ -166,7 +176,7 @@ def _squared_and_cubed(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _pp_weights(S: np.ndarray, D1: np.ndarray, D2: np.ndarray, D3: np.ndarray) -> np.ndarray:
     """``w_k = sum_ij a_kij ReLU(D1_kij)``, ``a = D2 / (2 D2 + S_k D3)``, 0 where the denominator is <= 0."""
-    return np.einsum("nkij,nkij->nk", _alpha(D2, 2.0 * D2 + S * D3), relu(D1))
+    return _grid_sum(_alpha(D2, 2.0 * D2 + S * D3) * relu(D1))
 
 
 def grad_cam_pp(A: np.ndarray, G: np.ndarray, variant: str = "paper") -> np.ndarray:
@@ -204,19 +214,19 @@ def _smooth_derivatives(
     A: np.ndarray, Gs: np.ndarray, ys: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``S_k`` and the averaged derivatives ``D1, D2, D3`` of Algorithm 1, float64."""
-    A = as_maps(A, "A (activations)")
-    Gs = as_maps(Gs, "Gs (gradients of the noisy copies)", "(T, N, K, h, w)", ndim=5)
+    A = as_layer_maps(A, "A (activations)")
+    Gs = as_layer_maps(Gs, "Gs (gradients of the noisy copies)", leading=3, expected="(T, N, K, *grid)")
     ys = as_maps(ys, "ys (scores of the noisy copies)", "(T, N)", ndim=2)
     if Gs.shape[1:] != A.shape:
-        raise ValueError(f"Gs must have shape (T, N, K, h, w) = (T, *{A.shape}), got {Gs.shape}")
+        raise ValueError(f"Gs must have shape (T, N, K, *grid) = (T, *{A.shape}), got {Gs.shape}")
     if ys.shape != Gs.shape[:2]:
         raise ValueError(f"ys must have shape (T, N) = {Gs.shape[:2]}, got {ys.shape}")
-    e = np.exp(ys - ys.max(axis=0, keepdims=True))[:, :, None, None, None]
+    e = np.exp(ys - ys.max(axis=0, keepdims=True)).reshape(*ys.shape, *(1,) * (A.ndim - 1))
     Gs2, Gs3 = _squared_and_cubed(Gs)
     D1 = (e * Gs).mean(axis=0)
     D2 = (e * Gs2).mean(axis=0)
     D3 = (e * Gs3).mean(axis=0)
-    S = A.sum(axis=(2, 3), keepdims=True)
+    S = A.sum(axis=grid_axes(A), keepdims=True)
     return S, D1, D2, D3
 
 
@@ -243,9 +253,9 @@ def xgrad_cam_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
 
 
 def _activation_weighted_gradient(A: np.ndarray, G: np.ndarray) -> np.ndarray:
-    total = A.sum(axis=(2, 3), keepdims=True)
+    total = A.sum(axis=grid_axes(A), keepdims=True)
     share = np.divide(A, total, out=np.zeros_like(A), where=total != 0.0)
-    return (share * G).sum(axis=(2, 3))
+    return (share * G).sum(axis=grid_axes(A))
 
 
 def xgrad_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
@@ -284,16 +294,16 @@ def eigen_cam(A: np.ndarray, centred: bool = False) -> np.ndarray:
     Comparing ``p`` with the mean activation over channels instead, a coin toss where that mean is about 0
     (after LayerNorm or hard-swish), returned all-zero maps on real networks.
     """
-    A = as_maps(A, "A (activations)")
-    n, k, h, w = A.shape
-    maps = np.zeros((n, h * w))
+    A = as_layer_maps(A, "A (activations)")
+    n, k = A.shape[:2]
+    maps = np.zeros((n, int(np.prod(A.shape[2:]))))
     for i in range(n):
-        O = A[i].reshape(k, h * w).T
+        O = A[i].reshape(k, -1).T
         if centred:
             O = O - O.mean(axis=0)
         _, _, Vt = np.linalg.svd(O, full_matrices=False)
         maps[i] = oriented(O @ Vt[0])
-    return relu(maps).reshape(n, h, w).astype(np.float32)
+    return relu(maps).reshape(n, *A.shape[2:]).astype(np.float32)
 
 
 def oriented(p: np.ndarray) -> np.ndarray:
@@ -313,14 +323,14 @@ def guided_grad_cam(guided_gradients: np.ndarray, maps: np.ndarray) -> np.ndarra
 
     Parameters
     ----------
-    guided_gradients : (N, C, H, W) Guided Backprop's input gradients.
+    guided_gradients : (N, C, H, W) Guided Backprop's input gradients (``(N, C, *grid)`` for any grid).
     maps : (N, H, W) Grad-CAM maps, upsampled to the input size and normalised to [0, 1].
     """
-    guided_gradients = as_maps(guided_gradients, "guided_gradients", "(N, C, H, W)")
-    maps = as_maps(maps, "maps", "(N, H, W)", ndim=3)
+    guided_gradients = as_layer_maps(guided_gradients, "guided_gradients", expected="(N, C, *grid)")
+    maps = as_maps(maps, "maps", "(N, *grid)", ndim=guided_gradients.ndim - 1)
     if maps.shape != (guided_gradients.shape[0], *guided_gradients.shape[2:]):
         raise ValueError(
-            f"maps must have shape (N, H, W) = {(guided_gradients.shape[0], *guided_gradients.shape[2:])}, "
+            f"maps must have shape (N, *grid) = {(guided_gradients.shape[0], *guided_gradients.shape[2:])}, "
             f"got {maps.shape}"
         )
     return (guided_gradients * maps[:, None]).astype(np.float32)

@@ -3,7 +3,8 @@
 Notation as in ``gradcam.reference.cams``: ``A`` a layer's activations and ``G = dy^c / dA`` the gradients,
 both ``(N, K, h, w)``; ``Z = h * w``; sums over ``i, j`` run over the grid, over ``k`` over channels. Per image,
 ``O`` is ``A`` laid out as ``(Z, K)``: one row per position (a sample), one column per channel (a feature).
-Every map function returns ``(N, h, w)`` float32 and computes in float64.
+Every map function returns ``(N, h, w)`` float32 and computes in float64; as there, the grid may have one to
+three axes (``(N, K, L)``, ``(N, K, d, h, w)``), the maps then ``(N, L)`` or ``(N, d, h, w)``.
 
 The first-component maps (Eigen-Grad-CAM, ``eigen_smooth``, KPCA-CAM) orient their projection with Eigen-CAM's
 rule (``cams.oriented``; ``eigen_smooth`` first asks the plain sum): the sign a decomposition returns is
@@ -15,7 +16,7 @@ import numpy as np
 import scipy.linalg
 
 from gradcam.reference.cams import eigen_cam, grad_cam, oriented, relu
-from gradcam.reference.checks import activations_and_gradients, as_maps
+from gradcam.reference.checks import activations_and_gradients, as_layer_maps, as_maps, grid_axes
 
 KERNELS = ("rbf", "poly", "sigmoid", "linear")
 
@@ -57,14 +58,14 @@ def eigen_smooth_map(A: np.ndarray, weights: np.ndarray, centred: bool = False) 
     A : (N, K, h, w) activations.
     weights : (N, K) the method's channel weights ``w_k``.
     """
-    A = as_maps(A, "A (activations)")
+    A = as_layer_maps(A, "A (activations)")
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != A.shape[:2]:
         raise ValueError(f"weights must have shape (N, K) = {A.shape[:2]}, got {weights.shape}")
-    n, k, h, w = A.shape
-    maps = np.zeros((n, h * w))
+    n, k = A.shape[:2]
+    maps = np.zeros((n, int(np.prod(A.shape[2:]))))
     for i in range(n):
-        O = (weights[i, :, None, None] * A[i]).reshape(k, h * w).T
+        O = (weights[i].reshape(k, *(1,) * (A.ndim - 2)) * A[i]).reshape(k, -1).T
         s = O.sum(axis=1)
         if centred:
             O = O - O.mean(axis=0)
@@ -72,7 +73,7 @@ def eigen_smooth_map(A: np.ndarray, weights: np.ndarray, centred: bool = False) 
         p = O @ Vt[0]
         agreement = p @ s
         maps[i] = oriented(p) if agreement == 0.0 else np.sign(agreement) * p
-    return relu(maps).reshape(n, h, w).astype(np.float32)
+    return relu(maps).reshape(n, *A.shape[2:]).astype(np.float32)
 
 
 def kernel_matrix(X: np.ndarray, kernel: str = "rbf", gamma: float | None = None) -> np.ndarray:
@@ -118,9 +119,9 @@ def kpca_cam(A: np.ndarray, kernel: str = "rbf", gamma: float | None = None) -> 
         ``"linear"`` (``kernel_matrix`` defines them).
     gamma : the kernel's coefficient; ``None``: ``1 / K``.
     """
-    A = as_maps(A, "A (activations)")
-    n, k, h, w = A.shape
-    Z = h * w
+    A = as_layer_maps(A, "A (activations)")
+    n, k = A.shape[:2]
+    Z = int(np.prod(A.shape[2:]))
     maps = np.zeros((n, Z))
     for i in range(n):
         O = A[i].reshape(k, Z).T
@@ -131,7 +132,7 @@ def kpca_cam(A: np.ndarray, kernel: str = "rbf", gamma: float | None = None) -> 
         lam, u = eigenvalues[0], eigenvectors[:, 0]
         if lam > 0:
             maps[i] = oriented(np.sqrt(lam) * u)
-    return relu(maps).reshape(n, h, w).astype(np.float32)
+    return relu(maps).reshape(n, *A.shape[2:]).astype(np.float32)
 
 
 def fem(A: np.ndarray, k: float = 2.0) -> np.ndarray:
@@ -156,13 +157,14 @@ def fem(A: np.ndarray, k: float = 2.0) -> np.ndarray:
     ----------
     k : how many standard deviations above the mean a position must be (default 2, the paper's).
     """
-    A = as_maps(A, "A (activations)")
+    A = as_layer_maps(A, "A (activations)")
     k = float(k)
     if not np.isfinite(k):
         raise ValueError(f"k must be a finite number, got {k!r}")
-    mu = A.mean(axis=(2, 3), keepdims=True)
-    sigma = A.std(axis=(2, 3), keepdims=True)
-    flat = A.max(axis=(2, 3), keepdims=True) == A.min(axis=(2, 3), keepdims=True)
+    grid = grid_axes(A)
+    mu = A.mean(axis=grid, keepdims=True)
+    sigma = A.std(axis=grid, keepdims=True)
+    flat = A.max(axis=grid, keepdims=True) == A.min(axis=grid, keepdims=True)
     M = (A >= mu + k * sigma) | flat
     return (mu * M).sum(axis=1).astype(np.float32)
 
@@ -212,15 +214,15 @@ def finer_gradient(G: np.ndarray, G_references: np.ndarray, weights: np.ndarray,
     G_references : (R, N, K, h, w) ``dy^d / dA`` of each image's ``R`` comparison classes, most similar first.
     weights : (N, R) ``p~_d``.
     """
-    G = as_maps(G, "G (gradients)")
-    G_references = as_maps(G_references, "G_references", "(R, N, K, h, w)", ndim=5)
+    G = as_layer_maps(G, "G (gradients)")
+    G_references = as_maps(G_references, "G_references", "(R, N, K, *grid)", ndim=G.ndim + 1)
     weights = np.asarray(weights, dtype=np.float64)
     if G_references.shape[1:] != G.shape or weights.shape != (G.shape[0], G_references.shape[0]):
         raise ValueError(
             f"G_references must have shape (R, *{G.shape}) and weights (N, R); got {G_references.shape} and "
             f"{weights.shape}"
         )
-    return G - gamma * np.einsum("nr,rnkij->nkij", weights, G_references)
+    return G - gamma * np.einsum("nr,rnk...->nk...", weights, G_references)
 
 
 def finer_cam(A: np.ndarray, G: np.ndarray, G_references: np.ndarray, weights: np.ndarray,

@@ -1,5 +1,5 @@
 """Post-processing shared by every method and backend: upsampling (bilinear, or nearest or bicubic on request)
-and min-max normalisation."""
+and min-max normalisation, for maps over a grid of one to three axes (signals, images, volumes)."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,35 +33,50 @@ def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
     return R
 
 
-def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def upsample(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     """Bilinear resize of ``(N, h, w)`` maps to ``(N, H, W)``: ``R_h @ m @ R_w^T`` per map (``bilinear_matrix``).
 
     The same numbers as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``,
     ``tf.image.resize(method="bilinear")``, ``jax.image.resize(..., "linear")``, OpenCV's
     ``INTER_LINEAR`` and Pillow's ``BILINEAR`` give when enlarging.
 
-    Each row of ``R`` has two non-zero entries, so the products are computed from the taps directly:
-    rows first, then columns. Besides costing ``2 (N H w + N H W)`` multiplications instead of a matrix
-    product, this makes no BLAS call: OpenBLAS threads spin for a while after each call, and beside a
+    The grid may have one axis (``(N, L)`` to ``(N, L')``: linear) or three (``(N, d, h, w)`` to
+    ``(N, D, H, W)``: trilinear, torch's ``mode="trilinear"``): the same 1-D rule along each axis in turn,
+    ``size`` giving one output length per axis.
+
+    Each row of ``R`` has two non-zero entries, so the products are computed from the taps directly, one axis
+    after the other (rows, then columns). Besides costing ``2 (N H w + N H W)`` multiplications instead of a
+    matrix product, this makes no BLAS call: OpenBLAS threads spin for a while after each call, and beside a
     framework's own threads on the same cores that spinning slowed Score-CAM's forwards by 1.7x.
     """
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must have shape (N, h, w), got {maps.ndim}-D shape {maps.shape}")
-    H, W = (int(v) for v in size)
-    lower, upper, frac = bilinear_taps(H, maps.shape[1])
-    rows = maps[:, lower, :] * (1.0 - frac)[:, None] + maps[:, upper, :] * frac[:, None]
-    lower, upper, frac = bilinear_taps(W, maps.shape[2])
-    return (rows[:, :, lower] * (1.0 - frac) + rows[:, :, upper] * frac).astype(np.float32)
+    maps = _maps_and_size(maps, size)
+    for axis, n_out in enumerate(size, start=1):
+        lower, upper, frac = bilinear_taps(int(n_out), maps.shape[axis])
+        frac = frac.reshape([n_out if a == axis else 1 for a in range(maps.ndim)])
+        maps = np.take(maps, lower, axis=axis) * (1.0 - frac) + np.take(maps, upper, axis=axis) * frac
+    return maps.astype(np.float32)
 
 
-def normalize(maps: np.ndarray) -> np.ndarray:
-    """Per map, ``(m - min) / (max - min)`` over the last two axes; a flat map becomes zeros."""
+def _maps_and_size(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """``maps`` as float64 ``(N, *grid)`` with one entry of ``size`` per grid axis (1 to 3), or a ValueError."""
     maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim < 2:
-        raise ValueError(f"maps must have shape (..., H, W), got shape {maps.shape}")
-    low = maps.min(axis=(-2, -1), keepdims=True)
-    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    if not 1 <= len(size) <= 3 or maps.ndim != len(size) + 1:
+        raise ValueError(
+            f"maps must have shape (N, h, w) (or (N, L), (N, d, h, w)) with one output size per grid axis; "
+            f"got {maps.ndim}-D shape {maps.shape} and size {tuple(size)}"
+        )
+    return maps
+
+
+def normalize(maps: np.ndarray, grid: int = 2) -> np.ndarray:
+    """Per map, ``(m - min) / (max - min)`` over the last ``grid`` axes (2: ``(..., H, W)``; 1 for signals, 3 for
+    volumes); a flat map becomes zeros."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if not 1 <= grid <= 3 or maps.ndim < grid:
+        raise ValueError(f"maps must have at least {grid} axes (the grid), got shape {maps.shape}")
+    axes = tuple(range(-grid, 0))
+    low = maps.min(axis=axes, keepdims=True)
+    span = maps.max(axis=axes, keepdims=True) - low
     out = np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
     return out.astype(np.float32)
 
@@ -130,20 +145,22 @@ def resize_matrix(n_out: int, n_in: int, mode: str = "bilinear") -> np.ndarray:
     return R
 
 
-def resize(maps: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
-    """``(N, h, w)`` maps resized to ``(N, H, W)`` by ``mode``: ``R_h @ m @ R_w^T`` per map (``resize_matrix``).
+def resize(maps: np.ndarray, size: tuple[int, ...], mode: str = "bilinear") -> np.ndarray:
+    """``(N, h, w)`` maps resized to ``(N, H, W)`` by ``mode``: ``R_h @ m @ R_w^T`` per map (``resize_matrix``);
+    a grid of one or three axes is resized along each axis in turn, as ``upsample`` does.
 
-    ``"bilinear"`` is ``upsample``; the others are computed rows first, then columns, with ``np.einsum``, which
+    ``"bilinear"`` is ``upsample``; the others are computed one axis after the other with ``np.einsum``, which
     makes no BLAS call (see ``upsample``). ``"nearest"`` copies each map cell into a block (captum's choice for
     Guided Grad-CAM); ``"bicubic"`` (xplique's) is smoother than bilinear and, through the kernel's negative
     lobes, overshoots the map's range near steps; the normalization that follows absorbs that.
     """
     if mode == "bilinear":
         return upsample(maps, size)
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must have shape (N, h, w), got {maps.ndim}-D shape {maps.shape}")
-    R_h = resize_matrix(int(size[0]), maps.shape[1], mode)
-    R_w = resize_matrix(int(size[1]), maps.shape[2], mode)
-    rows = np.einsum("Hh,nhw->nHw", R_h, maps)
-    return np.einsum("nHw,Ww->nHW", rows, R_w).astype(np.float32)
+    maps = _maps_and_size(maps, size)
+    letters = "abc"[: maps.ndim - 1]
+    for axis, n_out in enumerate(size, start=1):
+        R = resize_matrix(int(n_out), maps.shape[axis], mode)
+        source = "n" + letters
+        target = source.replace(letters[axis - 1], "z")
+        maps = np.einsum(f"z{letters[axis - 1]},{source}->{target}", R, maps)
+    return maps.astype(np.float32)
