@@ -44,8 +44,9 @@ class Method(ABC):
     ----------
     model : a ``torch.nn.Module``, a Keras model, or a JAX model (``(features, head)`` functions or a
         Flax ``(module, variables)`` pair); its framework picks the backend.
-    layer : a layer name (``"layer4"``, ``"layer4.1.conv2"``), the layer object, or a list of them; ``None``
-        picks the last layer, in execution order, with a spatial output.
+    layer : a layer name (``"layer4"``, ``"layer4.1.conv2"``), the layer object, its index among the layers in
+        execution order (``-1`` the last to run; ``gradcam layers`` lists them in that order), or a list of them;
+        ``None`` picks the layer by the stated rule (``docs/layers.md``).
     layout : how the layer's output is laid out, when it is not inferred right: ``"NCHW"``, ``"NHWC"`` (Swin,
         ConvNeXt blocks, Keras), or tokens ``"NTC"`` with the number of leading class tokens to drop,
         ``"NTC:1"`` (ViT), ``"NTC:2"`` (DeiT).
@@ -142,12 +143,31 @@ class Method(ABC):
 
         This is the one place where a default layer is chosen; backends take the layers they are given.
         """
-        if self.layers:
-            return self.layers
         key = tuple(getattr(x, "shape", ()))[1:]
+        if self.layers and not any(is_layer_index(layer) for layer in self.layers):
+            return self.layers
         if key not in self._default_layers:
-            self._default_layers[key] = [self.backend.default_layer(self.model, x)]
+            self._default_layers[key] = (
+                [self.backend.default_layer(self.model, x)] if not self.layers else self._indexed_layers(x)
+            )
         return self._default_layers[key]
+
+    def _indexed_layers(self, x: Any) -> list[Any]:
+        """The requested layers with each integer replaced by the name of the layer at that index of the model's
+        layers in execution order (``layer_shapes``, as ``gradcam layers`` lists them; -1 is the last to run)."""
+        names = [name for name, _ in self.backend.layer_shapes(self.model, x)]
+        resolved = []
+        for layer in self.layers:
+            if not is_layer_index(layer):
+                resolved.append(layer)
+            elif -len(names) <= layer < len(names):
+                resolved.append(names[layer])
+            else:
+                raise ValueError(
+                    f"layer index {layer} is out of range: the model runs {len(names)} layers, indices "
+                    f"{-len(names)}..{len(names) - 1} (`gradcam layers` lists them in that order)"
+                )
+        return resolved
 
     def __repr__(self) -> str:
         layers = ", ".join(map(str, self.layers)) or "default"
@@ -194,6 +214,11 @@ class LayerMethod(Method):
             logits=probe.logits,
         )
         return self.warned(explanation, found)
+
+
+def is_layer_index(layer: Any) -> bool:
+    """Whether a layer is given by its index (an int, not a bool) rather than by its name or object."""
+    return isinstance(layer, (int, np.integer)) and not isinstance(layer, (bool, np.bool_))
 
 
 def combine_layers(raw_maps: list[np.ndarray], size: tuple[int, int], upsample: str = "bilinear") -> np.ndarray:
