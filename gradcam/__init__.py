@@ -8,8 +8,9 @@
 Importing this package imports no framework: a backend is loaded when a model of its framework arrives.
 """
 from gradcam import reference
-from gradcam.api import explain, method_class
+from gradcam.api import activations_and_gradients, explain, method_class
 from gradcam.backends.common import vit_reshape
+from gradcam.backends.probe import Probe
 from gradcam.compare import Comparison, compare
 from gradcam.explanation import (
     ChannelRanking,
@@ -76,12 +77,14 @@ __all__ = [
     "NoReluWarning",
     "Occlusion",
     "ProbabilityWarning",
+    "Probe",
     "SSCAM",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
+    "activations_and_gradients",
     "compare",
     "explain",
     "method_class",
