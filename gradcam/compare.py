@@ -127,7 +127,7 @@ def compare(
             model, layer = spec[0], spec[1]
             inputs = spec[2] if len(spec) > 2 else _input_for(model, x)
             kwargs = dict((method_options or {}).get(method, {}))
-            if cls.name not in ("guided-backprop", "deconvnet", "saliency", "smoothgrad"):
+            if cls.takes_layer:
                 kwargs["layer"] = layer
             per_model[name] = cls(model, **kwargs)(inputs, target)
         explanations[cls.name] = per_model

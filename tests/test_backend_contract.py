@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import seeds
-from backend_kits import FRAMEWORKS, HAND_RELU_FORMS, TOKEN_IMAGE, Kit, kit_for, model_layout
+from backend_kits import FRAMEWORKS, HAND_RELU_FORMS, TOKEN_IMAGE, Kit, embedded_net_everywhere, kit_for, model_layout
 
 from gradcam.backends import get_backend
 from gradcam.backends.common import vit_reshape
 from gradcam.backends.contract import Backend
+from gradcam.models import architecture, random_weights
 from gradcam.reference.cams import grad_cam
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32: the same ops in another order
@@ -506,6 +507,23 @@ def test_predict_ablated_zeroes_a_channel_of_tokens_not_a_token(kit):
                                    atol=1e-6)
     with pytest.raises(ValueError, match="needs its layout by name"):
         kit.backend.predict_ablated(net.model, net.x, net.layer, [2], vit_reshape)
+
+
+def test_layer_biases_are_batch_norms_inference_bias_and_the_dense_bias(kit):
+    # the embedded model's architecture: six conv -> batch norm pairs (the convs have no bias) and one dense layer
+    model, x = embedded_net_everywhere(4, 0)[kit.name]
+    weights = {name: np.asarray(value, np.float64) for name, value in random_weights(seed=4).items()}
+    expected = []
+    for _, bn, *_ in architecture.conv_batchnorm_pairs():
+        gamma, beta, mean, var = (weights[f"{bn}.{field}"] for field in architecture.BN_FIELDS)
+        expected.append(beta - gamma * mean / np.sqrt(var + architecture.BN_EPSILON))
+    expected.append(weights["fc.bias"])
+    found = kit.backend.layer_biases(model, x)
+    assert all(b.dtype == np.float32 for _, b in found)
+    assert set(name for name, _ in found) <= set(kit.backend.layer_names(model))
+    assert len(found) == len(expected)
+    for (_, bias), value in zip(found, expected, strict=True):
+        np.testing.assert_allclose(bias, value, rtol=1e-6, atol=1e-7)
 
 
 def test_dense_weight_is_outputs_by_inputs(kit):

@@ -85,3 +85,11 @@ class Backend(Protocol):
 
     def dense_weight(self, model: Any, layer: Any) -> np.ndarray:
         """A dense layer's weight matrix as ``(outputs, inputs)``."""
+
+    def layer_biases(self, model: Any, x: Any) -> list[tuple[str, np.ndarray]]:
+        """Every conv, dense and batch-norm layer that adds a bias to its output, as ``(layer name, bias (C,)
+        float32)`` with one value per output channel, in the order the framework lists its layers; ``x`` is an
+        input batch (a Flax module's layers are found by running it). Batch norm gives its inference bias
+        ``beta - gamma * mean / sqrt(var + eps)``; one that normalizes with batch statistics is refused, as is a
+        layer whose output is not bias plus a linear map of its input (a Keras layer with an activation)
+        (FullGrad, ``gradcam.reference.fullgrad``)."""

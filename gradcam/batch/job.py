@@ -59,7 +59,7 @@ def build_methods(
     for name in names:
         cls = method_class(name)
         kwargs: dict[str, Any] = {"quiet": True}
-        if name != "guided-backprop" and name != "deconvnet":
+        if cls.takes_layer:
             kwargs["layer"] = layer or loaded.layer
         if name == "cam":
             if loaded.fc_layer is None and not options.get("fc_layer"):

@@ -3,6 +3,7 @@ from gradcam.methods.augment import AugmentSmooth
 from gradcam.methods.base import ChannelWeightMethod, LayerMethod, Method
 from gradcam.methods.cam import CAM
 from gradcam.methods.family import FEM, KPCACAM, EigenGradCAM, FinerCAM
+from gradcam.methods.fullgrad import FullGrad
 from gradcam.methods.gradient import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from gradcam.methods.guided import Deconvnet, GuidedBackprop, GuidedGradCAM
 from gradcam.methods.perturbation import AblationCAM, Occlusion, ScoreCAM
@@ -35,6 +36,7 @@ METHODS: dict[str, type[Method]] = {
         SmoothGrad,
         SSCAM,
         ISCAM,
+        FullGrad,
     )
 }
 
@@ -48,6 +50,7 @@ __all__ = [
     "EigenGradCAM",
     "FEM",
     "FinerCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMPlusPlus",
     "GuidedBackprop",

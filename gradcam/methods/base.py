@@ -73,6 +73,7 @@ class Method(ABC):
     """
 
     name = "method"
+    takes_layer = True  # False: a method of the input's pixels (input gradients, occlusion), given no layer
 
     def __init__(
         self,
@@ -250,10 +251,8 @@ class ChannelWeightMethod(LayerMethod):
     """
 
     def __init__(self, model: Any, layer: Any = None, *, eigen_smooth: bool | str = False, **options: Any) -> None:
-        if not (isinstance(eigen_smooth, bool) or eigen_smooth == "centred"):
-            raise ValueError(f"eigen_smooth must be False, True or 'centred', got {eigen_smooth!r}")
+        self.eigen_smooth = eigen_smooth_option(eigen_smooth)
         super().__init__(model, layer, **options)
-        self.eigen_smooth = eigen_smooth
 
     @abstractmethod
     def channel_weights(self, A: np.ndarray, G: np.ndarray, probe: Probe) -> np.ndarray:
@@ -262,6 +261,25 @@ class ChannelWeightMethod(LayerMethod):
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, np.ndarray]:
         A = probe.activations[name]
         weights = self.channel_weights(A, probe.gradients[name], probe)
-        if self.eigen_smooth:
-            return family.eigen_smooth_map(A, weights, centred=self.eigen_smooth == "centred"), weights
-        return fast.weighted_map(A, weights), weights
+        return channel_map(A, weights, self.eigen_smooth), weights
+
+
+def eigen_smooth_option(eigen_smooth: bool | str) -> bool | str:
+    """``eigen_smooth`` as given, checked: ``False``, ``True`` or ``"centred"`` (see ``ChannelWeightMethod``)."""
+    if not (isinstance(eigen_smooth, bool) or eigen_smooth == "centred"):
+        raise ValueError(f"eigen_smooth must be False, True or 'centred', got {eigen_smooth!r}")
+    return eigen_smooth
+
+
+def channel_map(
+    A: np.ndarray,
+    weights: np.ndarray,
+    eigen_smooth: bool | str,
+    weighted: Callable[[np.ndarray, np.ndarray], np.ndarray] = fast.weighted_map,
+) -> np.ndarray:
+    """A channel-weighting method's raw map: ``L = ReLU(sum_k w_k A_k)`` computed by ``weighted``, or with
+    ``eigen_smooth`` the first principal component of ``w_k A_k`` (``family.eigen_smooth_map``, centred for
+    ``"centred"``)."""
+    if eigen_smooth:
+        return family.eigen_smooth_map(A, weights, centred=eigen_smooth == "centred")
+    return weighted(A, weights)

@@ -18,6 +18,7 @@ class _InputGradientMethod(Method):
     """
 
     rule = "plain"
+    takes_layer = False
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         result = self.backend.input_gradient(self.model, x, target, rule=self.rule)

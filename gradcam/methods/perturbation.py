@@ -17,7 +17,7 @@ from gradcam.backends import Probe
 from gradcam.backends.common import Target, class_targets, positive_int
 from gradcam.copies import channels_last_view, refuse_target_function, run_in_batches
 from gradcam.explanation import Explanation
-from gradcam.methods.base import LayerMethod, Method
+from gradcam.methods.base import LayerMethod, Method, channel_map, eigen_smooth_option
 from gradcam.methods.diagnosis import occlusion_warnings
 from gradcam.reference.scores import SCORES, target_scores
 
@@ -38,9 +38,17 @@ class ImageProbe(Probe):
 
 
 class _PerturbedLayerMethod(LayerMethod):
-    """A layer method whose channel weights come from forward passes of changed copies of the images."""
+    """A layer method whose channel weights come from forward passes of changed copies of the images.
 
-    def __init__(self, model: Any, layer: Any = None, *, batch_size: int = 16, **options: Any) -> None:
+    ``eigen_smooth`` (``False``, ``True`` or ``"centred"``): the map is the first principal component of the
+    weighted activations ``w_k A_k`` instead of their sum, as for every channel-weighting method
+    (``gradcam.methods.base.ChannelWeightMethod``); the weights ``w_k`` are unchanged.
+    """
+
+    def __init__(
+        self, model: Any, layer: Any = None, *, batch_size: int = 16, eigen_smooth: bool | str = False, **options: Any
+    ) -> None:
+        self.eigen_smooth = eigen_smooth_option(eigen_smooth)
         super().__init__(model, layer, **options)
         self.batch_size = positive_int(batch_size, "batch_size")
 
@@ -148,7 +156,7 @@ class ScoreCAM(_PerturbedLayerMethod):
             exponents = np.full(A.shape[:2], -np.inf)
             exponents[pairs[:, 0], pairs[:, 1]] = scores
             weights[:] = ref.softmax(exponents)
-        return ref.weighted_map(A, weights), weights
+        return channel_map(A, weights, self.eigen_smooth, ref.weighted_map), weights
 
 
 class AblationCAM(_PerturbedLayerMethod):
@@ -201,7 +209,7 @@ class AblationCAM(_PerturbedLayerMethod):
         drops = np.zeros(A.shape[:2])
         drops[n, k] = y[n] - scores[n_images:]
         weights = ablation_weights(y, drops)
-        return ref.weighted_map(A, weights), weights
+        return channel_map(A, weights, self.eigen_smooth, ref.weighted_map), weights
 
 
 def ablation_weights(y: np.ndarray, drops: np.ndarray) -> np.ndarray:
@@ -248,6 +256,7 @@ class Occlusion(Method):
     """
 
     name = "occlusion"
+    takes_layer = False
 
     def __init__(
         self,

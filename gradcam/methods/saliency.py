@@ -27,6 +27,7 @@ class Saliency(Method):
     """
 
     name = "saliency"
+    takes_layer = False
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         result = self.backend.input_gradient(self.model, x, target, rule="plain")

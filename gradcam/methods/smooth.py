@@ -10,7 +10,7 @@ from gradcam import reference as ref
 from gradcam.backends import Probe
 from gradcam.backends.common import Target
 from gradcam.explanation import Explanation
-from gradcam.methods.base import LayerMethod
+from gradcam.methods.base import LayerMethod, channel_map, eigen_smooth_option
 from gradcam.methods.diagnosis import singular_weight_warnings, with_warnings
 from gradcam.reference import cams
 
@@ -37,6 +37,10 @@ class SmoothGradCAMPlusPlus(LayerMethod):
     well); Omeiza et al. take their noise from it. As in Grad-CAM++, ``a`` is 0 where ``2 D2 + S_k D3`` is 0 or
     negative, and a ``SingularWeightWarning`` names the images where some ``a`` passes 1 (possible only when
     activations can be negative).
+
+    ``eigen_smooth`` (``False``, ``True`` or ``"centred"``): the map is the first principal component of the
+    weighted activations ``w_k A_k`` instead of their sum, as for every channel-weighting method
+    (``gradcam.methods.base.ChannelWeightMethod``); the weights ``w_k`` are unchanged.
     """
 
     name = "smoothgradcam++"
@@ -50,8 +54,10 @@ class SmoothGradCAMPlusPlus(LayerMethod):
         noise_level: float = 0.15,
         seed: int = 0,
         batch_size: int = 16,
+        eigen_smooth: bool | str = False,
         **options: Any,
     ) -> None:
+        self.eigen_smooth = eigen_smooth_option(eigen_smooth)
         super().__init__(model, layer, **options)
         if n_samples < 1 or batch_size < 1:
             raise ValueError(f"n_samples and batch_size must be at least 1, got {n_samples} and {batch_size}")
@@ -91,7 +97,8 @@ class SmoothGradCAMPlusPlus(LayerMethod):
 
     def layer_map(self, name: str, probe: NoisyProbe) -> tuple[np.ndarray, np.ndarray]:
         A, Gs, ys = probe.activations[name], probe.noisy_gradients[name], probe.noisy_scores
-        return ref.smooth_grad_cam_pp(A, Gs, ys), ref.smooth_grad_cam_pp_weights(A, Gs, ys)
+        weights = ref.smooth_grad_cam_pp_weights(A, Gs, ys)
+        return channel_map(A, weights, self.eigen_smooth, ref.weighted_map), weights
 
     def explain_probe(self, probe: NoisyProbe) -> Explanation:
         explanation = super().explain_probe(probe)

@@ -123,7 +123,8 @@ def run_every_method(name: str, case: Case, model: Any, x: Any, layer: Any = Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                ex = gradcam.explain(model, x, method=method, layer=layer, target=case.target, **options)
+                given = layer if gradcam.method_class(method).takes_layer else None
+                ex = gradcam.explain(model, x, method=method, layer=given, target=case.target, **options)
             except ValueError as error:
                 if any(refusal in str(error) for refusal in REFUSALS):
                     outcome[method] = "refused"

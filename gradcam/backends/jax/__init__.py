@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradcam.backends import choice, common, layouts
-from gradcam.backends.jax import nnx
+from gradcam.backends.jax import biases, nnx
 from gradcam.backends.jax.compiled import run, trace_count
 from gradcam.backends.jax.model import (
     CACHE,
@@ -65,6 +65,7 @@ __all__ = [
     "predict",
     "predict_ablated",
     "dense_weight",
+    "layer_biases",
 ]
 
 NAME = "jax"
@@ -317,6 +318,18 @@ def dense_weight(model: Any, layer: Any) -> np.ndarray:
     if kernel is None or np.ndim(kernel) != 2:
         raise ValueError(f"layer {name!r} has no 2-D 'kernel' parameter; it is not a Dense layer")
     return np.asarray(kernel, dtype=np.float32).T.copy()
+
+
+def layer_biases(model: Any, x: Any) -> list[tuple[str, np.ndarray]]:
+    """``(path, bias (C,) float32)`` of every Flax ``Conv``, ``ConvTranspose``, ``Dense`` (nnx: ``Linear``) and
+    ``BatchNorm`` layer with a bias; a ``linen`` module is run abstractly on ``x`` to find them (``biases``).
+
+    Batch norm with running averages computes ``scale (x - mean) / sqrt(var + epsilon) + bias``: a linear map plus
+    the bias ``bias - scale * mean / sqrt(var + epsilon)``. One that uses the batch's statistics
+    (``use_running_average=False``) has no fixed bias and is refused, as is a ``(features, head)`` pair, whose
+    layers are hidden inside functions.
+    """
+    return biases.layer_biases(as_model(model), _as_batch(x))
 
 
 def _trace_count(model: Any) -> int:

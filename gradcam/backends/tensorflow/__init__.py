@@ -44,6 +44,7 @@ __all__ = [
     "predict",
     "predict_ablated",
     "dense_weight",
+    "layer_biases",
 ]
 
 NAME = "tensorflow"
@@ -287,6 +288,68 @@ def dense_weight(model: keras.Model, layer: Any) -> np.ndarray:
     if not isinstance(dense, keras.layers.Dense):
         raise ValueError(f"layer {name!r} is a {type(dense).__name__}, not a Dense layer")
     return np.asarray(dense.kernel, dtype=np.float32).T.copy()
+
+
+# layers whose output is ``activation(linear map of the input + bias)`` per output channel (for FullGrad)
+_BIASED = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+
+
+def layer_biases(model: keras.Model, x: Any) -> list[tuple[str, np.ndarray]]:
+    """``(path, bias (C,) float32)`` of every conv, ``Dense`` and ``BatchNormalization`` layer with a bias, outer
+    before inner as ``layer_names`` lists them (``x`` is not needed: the layers are listed without running).
+
+    Batch norm, which the backend runs with ``training=False``, computes ``gamma (x - moving_mean) /
+    sqrt(moving_variance + epsilon) + beta``: a linear map plus the bias ``beta - gamma * moving_mean /
+    sqrt(moving_variance + epsilon)`` (``gamma = 1`` without ``scale``, ``beta = 0`` without ``center``).
+
+    Raises
+    ------
+    ValueError
+        A conv or dense layer with an activation other than linear: Keras adds its bias *before* the activation,
+        inside the layer, and the backend sees only the layer's output, whose gradient is not the bias's. Give the
+        activation its own layer (``keras.layers.ReLU()`` after the conv). A batch norm whose ``axis`` is not the
+        last (channels-last) axis.
+    """
+    _require_model(model)
+    found = []
+    for name, layer in layer_paths(model).items():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append((name, _batch_norm_bias(name, layer)))
+        elif isinstance(layer, _BIASED) and getattr(layer, "use_bias", False):
+            activation = getattr(layer, "activation", None)
+            if activation is not None and activation is not keras.activations.linear:
+                raise ValueError(
+                    f"layer {name!r} applies the activation {getattr(activation, '__name__', activation)!r} after "
+                    "its bias, so the gradient at its output is not the gradient at its bias; give the activation "
+                    "its own layer (e.g. keras.layers.ReLU()) to explain this model with FullGrad"
+                )
+            found.append((name, np.asarray(layer.bias, dtype=np.float32).reshape(-1).copy()))
+    return found
+
+
+def _batch_norm_bias(name: str, bn: keras.layers.BatchNormalization) -> np.ndarray:
+    # the probe reads a 4-D output channels last (``channel_axis``), so the bias must run along the last axis
+    ndim = getattr(bn.input_spec, "ndim", None)
+    axes = [bn.axis] if isinstance(bn.axis, int) else list(bn.axis)
+    if len(axes) != 1 or axes[0] not in (-1, None if ndim is None else ndim - 1) or channel_axis(bn) != -1:
+        raise ValueError(f"batch norm {name!r} normalizes axis {bn.axis}, not the last (channels-last) axis")
+    mean = np.asarray(bn.moving_mean, dtype=np.float64)
+    scale = 1.0 / np.sqrt(np.asarray(bn.moving_variance, dtype=np.float64) + bn.epsilon)
+    gamma = np.asarray(bn.gamma, dtype=np.float64) if bn.scale else 1.0
+    beta = np.asarray(bn.beta, dtype=np.float64) if bn.center else 0.0
+    return (beta - gamma * mean * scale).astype(np.float32)
 
 
 def _make_probe(

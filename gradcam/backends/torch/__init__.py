@@ -46,6 +46,7 @@ __all__ = [
     "predict",
     "predict_ablated",
     "dense_weight",
+    "layer_biases",
 ]
 
 NAME = "torch"
@@ -165,6 +166,50 @@ def dense_weight(model: torch.nn.Module, layer: Any) -> np.ndarray:
     if not isinstance(module, torch.nn.Linear):
         raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a Linear layer")
     return host_array(module.weight).copy()
+
+
+# layers whose output is a linear map of the input plus a bias per output channel (for FullGrad)
+_BIASED = (
+    torch.nn.Linear,
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    torch.nn.ConvTranspose1d,
+    torch.nn.ConvTranspose2d,
+    torch.nn.ConvTranspose3d,
+)
+_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def layer_biases(model: torch.nn.Module, x: Any) -> list[tuple[str, np.ndarray]]:
+    """``(name, bias (C,) float32)`` of every conv, ``Linear`` and batch-norm module with a bias, in
+    ``named_modules()`` order (``x`` is not needed: the modules are listed without running the model).
+
+    Batch norm in eval mode computes ``gamma (x - mean) / sqrt(var + eps) + beta``: a linear map plus the bias
+    ``beta - gamma * mean / sqrt(var + eps)`` (``gamma = 1``, ``beta = 0`` without ``affine``). In training mode,
+    or without running statistics, it normalizes with the batch's own statistics and has no fixed bias: refused.
+    """
+    require_module(model)
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, _BATCH_NORMS):
+            found.append((name, _batch_norm_bias(name, module)))
+        elif isinstance(module, _BIASED) and module.bias is not None:
+            found.append((name, host_array(module.bias).copy()))
+    return found
+
+
+def _batch_norm_bias(name: str, bn: torch.nn.Module) -> np.ndarray:
+    if bn.training or bn.running_mean is None:
+        raise ValueError(
+            f"batch norm {name!r} normalizes with the batch's own statistics (training mode or "
+            "track_running_stats=False), so it adds no fixed bias; put the model in eval mode (model.eval())"
+        )
+    mean = host_array(bn.running_mean).astype(np.float64)
+    scale = 1.0 / np.sqrt(host_array(bn.running_var).astype(np.float64) + bn.eps)
+    gamma = host_array(bn.weight).astype(np.float64) if bn.weight is not None else 1.0
+    beta = host_array(bn.bias).astype(np.float64) if bn.bias is not None else 0.0
+    return (beta - gamma * mean * scale).astype(np.float32)
 
 
 def predict(model: torch.nn.Module, x: Any, batch_size: int | None = None) -> np.ndarray:
