@@ -41,6 +41,7 @@ FLOORS = {
     "models": 3,
     "methods": 2,
     "metrics": 2,
+    "attacks": 2,
     "api": 3,
     "compare": 4,
     "evaluation": 4,

@@ -223,11 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="score every method with the papers' metrics on held-out synthetic images",
         description="Run every method on the embedded default model over held-out synthetic splits (one object, "
         "several instances, biased) and score it: localization, pointing game, energy, faithfulness, average drop, "
-        "increase in confidence, deletion and insertion; the biased model's attention to its spurious mark. Writes "
-        "evaluation.md (the table), evaluation.json and evaluation.png.",
+        "increase in confidence, deletion and insertion; the biased model's attention to its spurious mark; the "
+        "pointing game's precision and recall over the top-5 predictions, the maps on adversarial images, and the "
+        "maps as segments of the object (IoU with its mask). Writes evaluation.md (the tables), evaluation.json "
+        "and evaluation.png.",
     )
     evaluate.add_argument(
-        "--images", type=int, default=200, help="images per split (default 200: about 4 minutes on 2 cores)"
+        "--images", type=int, default=100, help="images per split (default 100: under 10 minutes on 2 cores)"
     )
     evaluate.add_argument(
         "--backend", default="torch", help="framework of the default model: torch (default), tensorflow or jax"

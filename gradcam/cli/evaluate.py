@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from gradcam.batch.records import written_whole
-from gradcam.evaluation import METRICS, EvaluationConfig, EvaluationResult, Summary, evaluate
+from gradcam.evaluation import METRICS, VALIDATION_SEED_OFFSET, EvaluationConfig, EvaluationResult, Summary, evaluate
 
 SPLIT_TITLES = {"single": "One object per image", "multi": "Several instances of one class (2-4)"}
 # (title, split, metric key) of the chart's panels; the last panel is the biased-model experiment
@@ -22,6 +22,7 @@ CHART_PANELS = (
 )
 BAR_COLOUR, SHORTCUT_COLOUR = (60, 110, 180), (120, 20, 20)
 BIASED_COLOUR, DEFAULT_COLOUR = (215, 80, 60), (160, 160, 160)
+CLEAN_COLOUR = (160, 160, 160)
 
 
 def run_evaluate(config: EvaluationConfig, output_dir: Path, quiet: bool = False) -> int:
@@ -96,9 +97,21 @@ def markdown_report(result: EvaluationResult) -> str:
                 row.append(f"{1000 * result.seconds_per_image[method]:.1f}")
             lines.append("| " + " | ".join(row) + " |")
     lines += _bias_section(result)
+    lines += _pointing_section(result)
+    lines += _adversarial_section(result)
+    lines += _segmentation_section(result)
     lines += ["", "Metrics:", ""]
     for split, columns in METRICS.items():
         lines += [f"- {m.heading} ({split}): {m.meaning}" for m in columns]
+    lines += [
+        "- precision (pointing with recall): share of the classes declared present whose map's maximum lies within "
+        "the pointing tolerance of an object of that class; recall: share of the classes present that were declared "
+        "and pointed at (Grad-CAM 4.3)",
+        "- energy on object (adversarial): share of the map's sum inside the object's mask; drop: clean minus "
+        "adversarial, per image",
+        "- IoU (segmentation): |segment and mask| / |segment or mask|, the segment being the pixels >= threshold "
+        "times the map's maximum (Grad-CAM 4.2)",
+    ]
     lines.append(
         "- Time per image: wall-clock of the method alone on the one-object split, batches of "
         f"{config.batch_size} images."
@@ -139,22 +152,111 @@ def _bias_section(result: EvaluationResult) -> list[str]:
     return lines
 
 
+def _pointing_section(result: EvaluationResult) -> list[str]:
+    pointing, config = result.pointing, result.config
+    n = next(iter(pointing.scores.values()))["recall"].n
+    lines = [
+        "",
+        f"## The pointing game with recall: top-{pointing.top} predictions and a rejection threshold "
+        f"(Grad-CAM 4.3; several instances, {n} images)",
+        "",
+        f"The candidates are the model's top-{pointing.top} classes; a class whose probability is under "
+        f"{pointing.threshold:g} is declared absent and not explained. That threshold is the one of "
+        f"{', '.join(f'{t:g}' for t in pointing.thresholds)} whose present/absent decisions had the best F1 on "
+        f"{pointing.validation_images} validation images of the same split (seed "
+        f"{config.seed + VALIDATION_SEED_OFFSET}). Declared present: {pointing.declared_per_image:.2f} classes per "
+        "image. The generator draws one class per image, so a declared class other than the true one is a miss "
+        "(no object of it to point at): precision counts every declared class, recall each image's one class.",
+        "",
+        "| method | precision ↑ | recall ↑ |",
+        "|---|---:|---:|",
+    ]
+    for method, summaries in pointing.scores.items():
+        lines.append(f"| {method} | {cell(summaries['precision'])} | {cell(summaries['recall'])} |")
+    return lines
+
+
+def _adversarial_section(result: EvaluationResult) -> list[str]:
+    attack = result.adversarial
+    lines = [
+        "",
+        "## Adversarial images: the true class's map once the model is certain the class is absent (Grad-CAM 6.2)",
+        "",
+        f"Projected gradient descent on the log-probability of the true class, within {attack.epsilon * 255:g}/255 "
+        f"of each pixel, steps of {attack.step_size * 255:g}/255, at most {attack.steps} steps, until the "
+        f"probability is under {attack.stop_probability:g}: reached on {attack.reached} of the {attack.attacked} "
+        f"one-object images (in {_number(attack.mean_steps)} steps on average); the model's accuracy on all the "
+        f"perturbed images: {_number(attack.accuracy)}. The columns are over the {attack.reached} images where it "
+        "was reached, the clean maps being those of the same images.",
+        "",
+        "| method | pointing, clean ↑ | pointing, adversarial ↑ | energy on object, clean ↑ | "
+        "energy on object, adversarial ↑ | energy drop ↓ |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    keys = ("pointing_clean", "pointing_adversarial", "energy_clean", "energy_adversarial", "energy_drop")
+    for method, summaries in attack.scores.items():
+        lines.append(f"| {method} | " + " | ".join(cell(summaries[key]) for key in keys) + " |")
+    return lines
+
+
+def _segmentation_section(result: EvaluationResult) -> list[str]:
+    segmentation = result.segmentation
+    n = next(iter(segmentation.iou.values())).n
+    thresholds = [f"{t:g}" for t in segmentation.thresholds]
+    lines = [
+        "",
+        f"## Weakly-supervised segmentation: each map thresholded into a mask (Grad-CAM 4.2; one object, {n} images)",
+        "",
+        "The segment: the pixels at or above the threshold times the map's maximum, against the object's mask. Each "
+        f"method's threshold is chosen on {segmentation.validation_images} validation images of another seed "
+        f"({result.config.seed + VALIDATION_SEED_OFFSET}); the IoU is on the test images at that threshold. On the "
+        "right, the mean test IoU at every threshold.",
+        "",
+        "| method | threshold | IoU ↑ | " + " | ".join(thresholds) + " |",
+        "|---|---:|---:|" + "---:|" * len(thresholds),
+    ]
+    for method, summary in segmentation.iou.items():
+        grid = " | ".join(f"{v:.2f}" for v in segmentation.iou_by_threshold[method])
+        lines.append(f"| {method} | {segmentation.best[method]:g} | {cell(summary)} | {grid} |")
+    return lines
+
+
 def chart(result: EvaluationResult, width: int = 1200, row_height: int = 18) -> Image.Image:
-    """Four panels of horizontal bars with their 95% intervals, one bar per method (two in the biased panel)."""
+    """Seven panels of horizontal bars with their 95% intervals, one bar per method (two or three where the
+    panel compares): the two splits' tables, the biased model, pointing recall, the adversarial images, and
+    segmentation."""
     methods = list(result.scores["single"])
+    panels = [
+        (title, [[(result.scores[split][m][key], BAR_COLOUR)] for m in methods]) for title, split, key in CHART_PANELS
+    ]
+    energy, attack = result.bias.energy_on_mark, result.adversarial.scores
+    kinds = (("shortcut", SHORTCUT_COLOUR), ("biased", BIASED_COLOUR), ("default", DEFAULT_COLOUR))
+    attacked = (("pointing_clean", CLEAN_COLOUR), ("pointing_adversarial", BAR_COLOUR))
+    panels += [
+        (
+            "energy on the mark: biased model's shortcuts (dark), all marked (red); default (grey)",
+            [[(energy[kind][m], colour) for kind, colour in kinds] for m in methods],
+        ),
+        (
+            "pointing recall, top-5 with rejection (higher is better)",
+            [[(result.pointing.scores[m]["recall"], BAR_COLOUR)] for m in methods],
+        ),
+        (
+            "pointing after the attack: clean (grey), adversarial (blue)",
+            [[(attack[m][key], colour) for key, colour in attacked] for m in methods],
+        ),
+        (
+            "segmentation IoU at the validation threshold (higher is better)",
+            [[(result.segmentation.iou[m], BAR_COLOUR)] for m in methods],
+        ),
+    ]
     font = ImageFont.load_default(size=13)
     panel_height = 60 + len(methods) * row_height * 2
-    image = Image.new("RGB", (width, 2 * panel_height + 20), (255, 255, 255))
+    image = Image.new("RGB", (width, (len(panels) + 1) // 2 * panel_height + 20), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     half = width // 2
-    for index, (title, split, key) in enumerate(CHART_PANELS):
-        bars = [[(result.scores[split][m][key], BAR_COLOUR)] for m in methods]
+    for index, (title, bars) in enumerate(panels):
         _panel(draw, font, (index % 2) * half, (index // 2) * panel_height, half, title, methods, bars, row_height)
-    energy = result.bias.energy_on_mark
-    kinds = (("shortcut", SHORTCUT_COLOUR), ("biased", BIASED_COLOUR), ("default", DEFAULT_COLOUR))
-    bars = [[(energy[kind][m], colour) for kind, colour in kinds] for m in methods]
-    title = "energy on the mark: biased model's shortcuts (dark), all marked (red); default (grey)"
-    _panel(draw, font, half, panel_height, half, title, methods, bars, row_height)
     return image
 
 

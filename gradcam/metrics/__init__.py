@@ -3,7 +3,10 @@
 Against ground truth (no model call): ``localization_iou`` / ``localization_correct`` and ``pointing_game``
 (Grad-CAM), ``energy_pointing_game`` (Score-CAM; Grad-CAM++'s ``Loc`` with a threshold),
 ``instance_coverage`` (several instances), ``rank_correlation`` with the occlusion map (Grad-CAM's
-faithfulness).
+faithfulness);
+``mask_iou`` of a thresholded map with the object's mask and ``mask_energy``, the share of the map on it (Grad-CAM
+section 4.2, ``gradcam.metrics.segmentation``); the pointing game's precision and recall over top-k predictions
+with a rejection threshold (Grad-CAM section 4.3, ``gradcam.metrics.pointing``).
 
 Through the model (any framework, via its backend's ``predict``, in batches): ``average_drop`` and
 ``increase_in_confidence`` (Grad-CAM++), ``deletion_auc`` and ``insertion_auc`` with their curves (RISE).
@@ -19,9 +22,20 @@ from gradcam.metrics.localization import (
     pointing_game,
     rank_correlation,
 )
+from gradcam.metrics.pointing import best_rejection_threshold, declared_present, pointing_precision_recall
+from gradcam.metrics.segmentation import (
+    best_threshold,
+    iou_by_threshold,
+    mask_energy,
+    mask_iou,
+    threshold_masks,
+)
 
 __all__ = [
     "average_drop",
+    "best_rejection_threshold",
+    "best_threshold",
+    "declared_present",
     "deletion_auc",
     "deletion_curve",
     "energy_pointing_game",
@@ -29,10 +43,15 @@ __all__ = [
     "increase_in_confidence",
     "insertion_auc",
     "insertion_curve",
+    "iou_by_threshold",
     "instance_coverage",
     "localization_correct",
     "localization_iou",
+    "mask_energy",
+    "mask_iou",
     "pointing_game",
+    "pointing_precision_recall",
     "rank_correlation",
+    "threshold_masks",
     "trapezoid_area",
 ]
