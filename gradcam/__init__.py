@@ -48,19 +48,23 @@ from gradcam.methods import (
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
+from gradcam.targets import BoxScore, ClassScore, EmbeddingSimilarity, SegmentationRegion
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AblationCAM",
     "AugmentSmooth",
+    "BoxScore",
     "CAM",
     "ChannelRanking",
+    "ClassScore",
     "Comparison",
     "Deconvnet",
     "DegenerateMapWarning",
     "EigenCAM",
     "EigenGradCAM",
+    "EmbeddingSimilarity",
     "Explanation",
     "FEM",
     "FinerCAM",
@@ -83,6 +87,7 @@ __all__ = [
     "SSCAM",
     "Saliency",
     "ScoreCAM",
+    "SegmentationRegion",
     "SmoothGrad",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",

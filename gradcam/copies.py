@@ -10,24 +10,15 @@ code that writes them address pixels the same way whatever that layout is.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 
-def refuse_target_function(target: Any, method: str) -> None:
-    """Copies are scored by class from NumPy outputs, where a target function in framework ops cannot run."""
-    if callable(target):
-        raise ValueError(
-            f"{method} scores classes of the model's (N, classes) output; a target function is not supported: "
-            "give a class index, one per image, or None for the top-1 class"
-        )
-
-
 def channels_last_view(batch: np.ndarray, channel_axis: int) -> np.ndarray:
-    """``(N, H, W, C)`` view of a 4-D batch whose channels lie on ``channel_axis``: writes go to ``batch``."""
-    if batch.ndim != 4:
-        raise ValueError(f"expected a batch of images with 4 dimensions, got shape {tuple(batch.shape)}")
+    """``(N, *grid, C)`` view of a batch whose channels lie on ``channel_axis`` (a grid of 1 to 3 axes:
+    ``(N, H, W, C)`` for images): writes go to ``batch``."""
+    if not 3 <= batch.ndim <= 5:
+        raise ValueError(f"expected a batch with 3 to 5 dimensions (N, C, *grid), got shape {tuple(batch.shape)}")
     return np.moveaxis(batch, channel_axis, -1)
 
 

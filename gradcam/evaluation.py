@@ -65,7 +65,6 @@ OCCLUSION_WINDOW, OCCLUSION_STRIDE = 8, 4
 # maximum of a bilinearly upsampled map always falls on a cell centre, which for a small object can sit a pixel
 # or two past its edge.
 POINTING_TOLERANCE = 2
-PIXEL_SPACE_METHODS = ("guided-backprop", "deconvnet")
 # Validation splits (the rejection threshold, the segmentation threshold) use the test seed plus this.
 VALIDATION_SEED_OFFSET = 1
 # The pointing game with recall: maps for the top-5 predictions (Grad-CAM 4.3), the rejection thresholds tried.
@@ -283,11 +282,11 @@ def build_method(name: str, model: Any, batch_size: int) -> Any:
     """The method ``name`` set up for the default model (its layer, its dense layer for CAM, the grey baseline)."""
     cls = method_class(name)
     options: dict[str, Any] = {}
-    if name not in PIXEL_SPACE_METHODS and name != "occlusion":
+    if cls.takes_layer:
         options["layer"] = FEATURE_LAYER
     if name == "cam":
         options["fc_layer"] = "fc"
-    if name in ("scorecam", "ablationcam"):
+    if name in ("scorecam", "ablationcam", "sscam", "iscam"):
         options["batch_size"] = batch_size
     if name == "occlusion":
         options.update(window=OCCLUSION_WINDOW, stride=OCCLUSION_STRIDE, baseline=BASELINE, batch_size=batch_size)

@@ -128,8 +128,9 @@ class Explanation:
     Attributes
     ----------
     maps : (N, H, W) float32 in [0, 1], upsampled to the input size and normalised (for several layers,
-        the mean of the per-layer maps, normalised again). Pixel-space methods (Guided Backprop, Deconvnet,
-        Guided Grad-CAM) give ``(N, C, H, W)`` input-space gradients instead; see :meth:`image`.
+        the mean of the per-layer maps, normalised again); ``(N, L)`` for signals, ``(N, D, H, W)`` for volumes
+        and clips (``(N, *grid)``, ``grid`` axes). Pixel-space methods (Guided Backprop, Deconvnet, Guided
+        Grad-CAM) give ``(N, C, H, W)`` (``(N, C, *grid)``) input-space gradients instead; see :meth:`image`.
     raw : (N, h, w) the first layer's map before upsampling and normalisation (``raw_by_layer`` has all).
     weights : (N, K) the first layer's channel weights, where the method has them (``weights_by_layer``).
     targets : (N,) the explained class per image (-1 where the target was a function).
@@ -142,6 +143,9 @@ class Explanation:
         also names its warning class and images): all-zero or flat maps and why, a guided rule that met no
         ReLU, a probability explained instead of a logit. Also issued with ``warnings.warn`` unless the method
         was made with ``quiet=True``.
+    grid : the number of axes of the input's grid: 2 for images, 1 for signals, 3 for volumes and clips.
+    contributions_by_layer : per layer, each channel's contribution ``C_k`` ``(N, K, h, w)``, whose sum over ``k``
+        is the raw map before its ReLU; kept when the method was made with ``contributions=True``.
     """
 
     maps: np.ndarray
@@ -153,6 +157,8 @@ class Explanation:
     weights_by_layer: dict[str, np.ndarray] = field(default_factory=dict)
     logits: np.ndarray | None = None
     warnings: tuple[ExplanationWarning, ...] = ()
+    grid: int = 2
+    contributions_by_layer: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def layer(self) -> str | None:
@@ -167,33 +173,61 @@ class Explanation:
         return self.weights_by_layer.get(self.layer) if self.layers else None
 
     @property
+    def contributions(self) -> np.ndarray:
+        """The first layer's per-channel contributions ``C_k`` ``(N, K, h, w)`` (``w_k A_k``); a ``ValueError``
+        unless the method was made with ``contributions=True``."""
+        if not self.contributions_by_layer:
+            raise ValueError(
+                f"this {self.method} explanation kept no contributions: make the method with contributions=True "
+                "(they are as large as the layer's activations, so they are kept only when asked for)"
+            )
+        return self.contributions_by_layer[self.layers[0]]
+
+    @property
     def pixel_space(self) -> bool:
-        """Whether ``maps`` are input-space gradients ``(N, C, H, W)`` rather than heat maps ``(N, H, W)``."""
-        return self.maps.ndim == 4
+        """Whether ``maps`` are input-space gradients ``(N, C, *grid)`` rather than heat maps ``(N, *grid)`` (or
+        ``(N, T, *grid)`` for ``T`` targets per image, whose ``targets`` are ``(N, T)``)."""
+        return self.maps.ndim == self.grid + 1 + self.targets.ndim
 
     def heatmaps(self) -> np.ndarray:
-        """``(N, H, W)`` maps in [0, 1]: the maps themselves, or for pixel-space methods the normalised
-        largest absolute gradient over colour channels."""
+        """``(N, H, W)`` maps in [0, 1] (``(N, *grid)``): the maps themselves, or for pixel-space methods the
+        normalised largest absolute gradient over colour channels."""
         if self.pixel_space:
-            return ref.normalize(np.abs(self.maps).max(axis=1))
+            return ref.normalize(np.abs(self.maps).max(axis=1), grid=self.grid)
         return self.maps
+
+    def _images_only(self, what: str) -> None:
+        """A ``ValueError`` for ``what`` on the maps of signals or volumes, which are not pictures."""
+        if self.grid != 2:
+            kind = "signals (N, L)" if self.grid == 1 else "volumes (N, D, H, W)"
+            raise ValueError(
+                f"{what} draws images; these maps are of {kind}: use heatmaps() for the values, or show a slice "
+                "(a volume's slices are images of their own)"
+            )
 
     def overlay(self, images: Any, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
         """The heat maps blended over ``images`` as ``(N, H, W, 3)`` uint8.
 
         ``images``: ``(N, H, W, 3)`` or ``(N, 3, H, W)``, uint8 or floats in [0, 1], NumPy or a framework tensor.
+        Images only: the maps of signals and volumes are refused.
         """
+        self._images_only("overlay()")
         return ref.overlay(as_channels_last(images), self.heatmaps(), alpha=alpha, name=colormap)
 
     def image(self) -> np.ndarray:
         """Pixel-space maps as displayable ``(N, H, W, C)`` uint8 pictures (mid-grey is zero gradient)."""
         if not self.pixel_space:
             raise ValueError(f"{self.method} gives heat maps, not input-space gradients: use overlay() or colormap")
+        self._images_only("image()")
         return ref.gradient_image(self.maps)
 
-    def boxes(self, threshold: float = 0.15) -> list[tuple[int, int, int, int]]:
+    def boxes(self, threshold: float = 0.15) -> list[tuple[int, ...]]:
         """Per image, the box ``(x0, y0, x1, y1)`` around the largest segment of the map above ``threshold * max``
-        (``gradcam.reference.bounding_box``, computed for the whole batch at once)."""
+        (``gradcam.reference.bounding_box``, computed for the whole batch at once); for volumes the box
+        ``(x0, y0, z0, x1, y1, z1)`` (``z`` the depth or time axis, 26-connected segments), for signals the
+        interval ``(x0, x1)``, one map at a time."""
+        if self.grid != 2:
+            return [ref.bounding_box(heatmap, threshold) for heatmap in self.heatmaps()]
         boxes = fast.bounding_boxes(self.heatmaps(), threshold).tolist()
         return [(x0, y0, x1, y1) for x0, y0, x1, y1 in boxes]
 

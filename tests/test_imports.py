@@ -37,11 +37,13 @@ FLOORS = {
     "copies": 1,
     "explanation": 1,
     "images": 1,
+    "targets": 1.5,  # the target vocabulary: reads backends.common and explanation, serves methods and metrics
     "datasets": 2,
     "models": 3,
     "methods": 2,
     "metrics": 2,
     "attacks": 2,
+    "volumes": 2,  # clips from files and their slice overlays: reads images and reference, serves the command
     "api": 3,
     "compare": 4,
     "evaluation": 4,
@@ -51,7 +53,8 @@ FLOORS = {
 }
 # rooms that may name no framework anywhere, not even inside a function
 FRAMEWORK_FREE = {"reference", "backends.common", "backends.contract", "backends.probe", "backends.layouts",
-                  "backends.choice", "copies", "explanation", "images", "methods", "metrics", "api", "compare"}
+                  "backends.choice", "copies", "explanation", "images", "methods", "metrics", "api", "compare",
+                  "targets", "volumes"}
 
 
 def module_name(path: Path) -> str:

@@ -296,3 +296,50 @@ def test_eigen_smooth_is_checked_as_for_the_channel_weight_methods(name):
     method, options = SMOOTHED[name]
     with pytest.raises(ValueError, match="eigen_smooth must be False, True or 'centred', got 'yes'"):
         method(MeanHead(np.eye(2)), "features", eigen_smooth="yes", **options)
+
+
+def test_a_keras_softmax_head_taken_off_is_read_as_its_logits():
+    # a Keras application ends in Dense(activation="softmax"); the explained model takes that softmax off, so the
+    # head's bias is read as a plain dense layer's, and the map equals that of the same model built without it
+    keras = pytest.importorskip("keras")
+
+    def build(activation):
+        inputs = keras.Input((6, 6, 3))
+        features = keras.layers.ReLU()(keras.layers.Conv2D(4, 3, name="conv")(inputs))
+        pooled = keras.layers.GlobalAveragePooling2D()(features)
+        return keras.Model(inputs, keras.layers.Dense(3, activation=activation, name="predictions")(pooled))
+
+    softmax, logits = build("softmax"), build(None)
+    logits.set_weights(softmax.get_weights())
+    x = np.random.default_rng(2).random((2, 6, 6, 3), dtype=np.float32)
+    with_head = gradcam.FullGrad(softmax, quiet=True)(x, target=[0, 2])
+    without = gradcam.FullGrad(logits, quiet=True)(x, target=[0, 2])
+    np.testing.assert_allclose(with_head.maps, without.maps, atol=1e-6)
+    assert with_head.maps.max() == pytest.approx(1.0)
+
+
+def test_a_biased_layer_the_score_does_not_use_adds_nothing():
+    # a detector's proposal head runs, but its boxes are detached: the score depends on none of its biases
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class WithIgnoredHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.proposals = nn.Conv2d(4, 2, 1)
+            self.head = nn.Linear(4, 3)
+            self.seen = None
+
+        def forward(self, x):
+            features = torch.relu(self.conv(x))
+            self.seen = self.proposals(features).detach()
+            return self.head(features.mean(dim=(2, 3)))
+
+    model = WithIgnoredHead().eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    ex = FullGrad(model, quiet=True)(x, target=[0, 1])
+    model.proposals.bias.data.zero_()  # a bias the score does not use cannot change the map
+    np.testing.assert_array_equal(FullGrad(model, quiet=True)(x, target=[0, 1]).maps, ex.maps)
+    assert np.isfinite(ex.maps).all() and ex.maps.max() == pytest.approx(1.0)

@@ -187,7 +187,7 @@ def test_batching_does_not_change_the_curves():
         (metrics.insertion_auc, np.ones((1, 3, 3)), {}, r"do not fit images of size \(H, W\) = \(2, 2\)"),
         (metrics.average_drop, np.ones((2, 2, 2)), {}, "got 2 maps for 1 images"),
         (metrics.deletion_auc, PERFECT_ORDER, {"score": "logit"}, "score must be one of"),
-        (metrics.deletion_auc, PERFECT_ORDER, {"target": lambda out: out[:, 0]}, "target function is not supported"),
+        (metrics.deletion_auc, PERFECT_ORDER, {"target": lambda out: out.sum(dim=1)}, "as one NumPy array"),
         (metrics.deletion_auc, PERFECT_ORDER, {"target": 2}, r"valid classes are 0..1"),
         (metrics.deletion_auc, PERFECT_ORDER, {"baseline": np.zeros(3)}, "baseline of shape"),
     ],

@@ -5,8 +5,9 @@ patch embedding, before any attention), an adaptive pool that pools a 3x3 map *u
 and a RoI pool whose rows are boxes on a detector: convincing maps, all wrong. The rule here reads every layer
 with a known layout (``layouts.infer``) and asks the model whether the score depends on the layer:
 
-1. Candidates: layers whose output has the batch as first dimension and reads as a map (NCHW or NHWC) or as
-   patch tokens, with at least 2 cells. A layer that only resamples the map before it is skipped: a resampling
+1. Candidates: layers whose output has the batch as first dimension and reads as a map of the input's grid
+   (NCHW or NHWC for images, NCL or NLC for signals, NCDHW or NDHWC for volumes) or, for images, as patch
+   tokens, with at least 2 cells. A layer that only resamples the map before it is skipped: a resampling
    layer (adaptive pool, upsampling) whose grid is not smaller than the previous candidate's (VGG's adaptive
    pool at 224 px copies the 7x7 map, at 112 px it pools a 3x3 map *up* to 7x7), and any layer without weights
    whose grid is larger than the previous candidate's. The layer that returns the model's output (a segmentation
@@ -62,7 +63,7 @@ class LayerChoice:
 
 def choose(
     infos: Sequence[LayerInfo],
-    input_size: tuple[int, int],
+    input_size: tuple[int, ...],
     batch: int,
     depends: Callable[[str], bool],
     output_shape: tuple[int, ...] | None = None,
@@ -80,7 +81,7 @@ def choose(
     ValueError
         When no layer reads as a map or as patch tokens; the message says how to pass a layer and a layout.
     """
-    readable: list[tuple[LayerInfo, layouts.Layout, int, int]] = []
+    readable: list[tuple[LayerInfo, layouts.Layout, tuple[int, ...]]] = []
     status: dict[str, str] = {}
     resampling: list[str] = []
     order = {info.name: index for index, info in enumerate(infos)}
@@ -98,16 +99,16 @@ def choose(
         except layouts.LayoutError:
             status[info.name] = "-"
             continue
-        h, w = grid_of(layout, info.shape)
-        if h * w < 2:
-            status[info.name] = f"{layout}, 1x1"
+        grid = grid_of(layout, info.shape)
+        if _cells(grid) < 2:
+            status[info.name] = f"{layout}, {_text(grid)}"
             continue
-        if readable and layout.kind != "NTC" and _resamples_up(info, h * w, readable[-1][2] * readable[-1][3]):
+        if readable and layout.kind != "NTC" and _resamples_up(info, _cells(grid), _cells(readable[-1][2])):
             status[info.name] = f"{layout}, resamples up"
             resampling.append(info.name)
             continue
         status[info.name] = str(layout)
-        readable.append((info, layout, h, w))
+        readable.append((info, layout, grid))
     if not readable:
         raise ValueError(
             "no layer of this model outputs a spatial map (N, C, h, w) or patch tokens (N, T, C) with the batch "
@@ -120,14 +121,14 @@ def choose(
             r for r in readable if r[1].kind == "NTC"
         ]
     passed: list[str] = []
-    for info, layout, h, w in reversed(pool):
+    for info, layout, grid in reversed(pool):
         if depends(info.name):
             # the resampling layers worth a word are those after the choice: they were the candidates before it
             after = [name for name in resampling if order[name] > order[info.name]]
-            return LayerChoice(info.name, str(layout), _why(transformer, layout, h, w, passed, after), status)
+            return LayerChoice(info.name, str(layout), _why(transformer, layout, grid, passed, after), status)
         passed.append(info.name)
-    info, layout, h, w = pool[-1]
-    why = f"the last candidate ({layout}, {h}x{w}); the score's gradient is zero at every candidate layer"
+    info, layout, grid = pool[-1]
+    why = f"the last candidate ({layout}, {_text(grid)}); the score's gradient is zero at every candidate layer"
     return LayerChoice(info.name, str(layout), why, status)
 
 
@@ -135,27 +136,39 @@ def _resamples_up(info: LayerInfo, cells: int, previous: int) -> bool:
     return (info.resamples and cells >= previous) or (not info.weighted and cells > previous)
 
 
-def grid_of(layout: layouts.Layout, shape: tuple[int, ...]) -> tuple[int, int]:
-    """The ``(h, w)`` grid of an output of ``shape`` read with ``layout``."""
-    if layout.kind == "NCHW":
-        return shape[2], shape[3]
-    if layout.kind == "NHWC":
-        return shape[1], shape[2]
+def _cells(grid: tuple[int, ...]) -> int:
+    cells = 1
+    for side in grid:
+        cells *= side
+    return cells
+
+
+def _text(grid: tuple[int, ...]) -> str:
+    return "x".join(map(str, grid))
+
+
+def grid_of(layout: layouts.Layout, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid of an output of ``shape`` read with ``layout``: ``(h, w)`` for images, ``(l,)`` for signals,
+    ``(d, h, w)`` for volumes."""
+    if layout.kind != "NTC":
+        return tuple(shape[2:]) if layout.channels_first else tuple(shape[1:-1])
     if layout.grid:
         return layout.grid
     side = int(round((shape[1] - layout.special_tokens) ** 0.5))
     return side, side
 
 
-def _why(transformer: bool, layout: layouts.Layout, h: int, w: int, passed: list[str], resampling: list[str]) -> str:
+def _why(
+    transformer: bool, layout: layouts.Layout, grid: tuple[int, ...], passed: list[str], resampling: list[str]
+) -> str:
     if transformer:
         special = f", {layout.special_tokens} special token(s) dropped" if layout.special_tokens else ""
         why = (
             f"transformer: the last normalization layer whose patch tokens the score depends on ({layout}: a "
-            f"{h}x{w} grid{special})"
+            f"{_text(grid)} grid{special})"
         )
     else:
-        why = f"the last layer whose {h}x{w} map ({layout}) the score depends on"
+        why = f"the last layer whose {_text(grid)} map ({layout}) the score depends on"
     if passed:
         why += f"; passed over, the score has no gradient there: {', '.join(reversed(passed))}"
     if resampling:

@@ -17,7 +17,9 @@ import numpy as np
 from gradcam.backends import layouts
 from gradcam.reference.relu_rules import RULES
 
-Target = None | int | Sequence[int] | np.ndarray | Callable[[Any], Any]
+Target = None | int | Sequence[int] | np.ndarray | Callable[[Any], Any] | Sequence[Callable[[Any], Any]]
+"""``None`` (top-1), an int, one int per image, a callable of the outputs, or several per image (an ``(N, T)`` int
+array, a list of ``T`` callables), which the methods split into single targets (``gradcam.targets``)."""
 Reshape = Callable[[np.ndarray], np.ndarray] | str | layouts.Layout
 """How a layer output becomes ``(N, K, h, w)``: a layout name (``gradcam.backends.layouts``) or a function on the
 NumPy array; ``None`` infers the layout from the output's shape."""
@@ -36,7 +38,8 @@ def requested_classes(target: Target, n: int, n_classes: int | None = None) -> n
     Raises
     ------
     ValueError
-        Non-integer targets, a count other than 1 or ``n``, or an index out of ``0..n_classes-1``.
+        Non-integer targets, a count other than 1 or ``n``, an index out of ``0..n_classes-1``, or several
+        targets per image (``(N, T)``), which the methods split before a probe (``gradcam.targets``).
     """
     if target is None or callable(target):
         return np.full(n, TOP1, dtype=np.int64)
@@ -45,6 +48,11 @@ def requested_classes(target: Target, n: int, n_classes: int | None = None) -> n
         raise ValueError(f"class targets must be integers, got {target!r}")
     if classes.ndim == 0:
         classes = np.full(n, int(classes))
+    if classes.ndim == 2:
+        raise ValueError(
+            f"an (N, T) array of several targets per image is taken by the layer methods and Occlusion, each of its "
+            f"columns in turn; this call takes one target per image, got shape {classes.shape}"
+        )
     if classes.shape != (n,):
         raise ValueError(f"got {classes.size} targets for a batch of {n} images; give one int or {n}")
     classes = classes.astype(np.int64)
@@ -99,22 +107,46 @@ def positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
+INPUT_LAYOUTS = {
+    (1, 1): "N, C, L", (1, -1): "N, L, C",
+    (2, 1): "N, C, H, W", (2, -1): "N, H, W, C",
+    (3, 1): "N, C, D, H, W", (3, -1): "N, D, H, W, C",
+}
+"""The input layouts by ``(grid axes, channel axis)``: signals, images, volumes and clips."""
+
+
+def input_layout(grid: int | None, channel_axis: int) -> str:
+    """How messages spell the input layout of a model with a ``grid`` of 1 to 3 axes (``None``: not known,
+    every grid named) and its channels on ``channel_axis`` (1 or -1)."""
+    axis = 1 if channel_axis == 1 else -1
+    if grid in (1, 2, 3):
+        return INPUT_LAYOUTS[grid, axis]
+    return ") or (".join(INPUT_LAYOUTS[g, axis] for g in (1, 2, 3))
+
+
 def check_input(x: np.ndarray) -> None:
-    """Refuse input that would give a silent wrong map: non-finite values or too few dimensions."""
-    if x.ndim < 3:
-        raise ValueError(
-            f"expected a batch of images (N, C, H, W) or (N, H, W, C), got shape {tuple(x.shape)}"
-        )
+    """Refuse input that would give a silent wrong map: non-finite values."""
     if not np.isfinite(x).all():
         raise ValueError("the input contains NaN or Inf values; explanations of non-finite input are refused")
 
 
-def checked_batch(batch: np.ndarray, layout: str) -> np.ndarray:
-    """``batch`` if it is a finite 4-D batch; else a ``ValueError`` that names ``layout`` (e.g. ``"N, H, W, C"``)
-    and, for a single image, how to add the batch dimension."""
-    if batch.ndim != 4:
-        hint = " (add the batch dimension: x[None])" if batch.ndim == 3 else ""
-        raise ValueError(f"expected a batch of images ({layout}), got shape {tuple(batch.shape)}{hint}")
+def checked_batch(batch: np.ndarray, layout: str, grid: int | None = None) -> np.ndarray:
+    """``batch`` if it is a finite batch with a grid of ``grid`` axes (``None``: 1 to 3, as the model's grid is
+    not known) besides the batch and channel axes; else a ``ValueError`` that names ``layout`` (e.g.
+    ``"N, H, W, C"``) and, for a single example, how to add the batch dimension, for a signal without
+    channels, how to add the channel axis."""
+    allowed = (grid + 2,) if grid else (3, 4, 5)
+    if batch.ndim not in allowed:
+        if grid and batch.ndim == grid + 1:
+            hint = " (add the batch dimension: x[None])"
+            if grid == 1:
+                channel = "x[:, :, None]" if layout.endswith("C") else "x[:, None, :]"
+                hint = f" (add the batch dimension, x[None], or for a batch of signals the channel axis: {channel})"
+        elif grid is None and batch.ndim == 2:
+            hint = " (a batch of signals (N, L) needs a channel axis: x[:, None, :] channels first, x[:, :, None] last)"
+        else:
+            hint = ""
+        raise ValueError(f"expected a batch ({layout}), got shape {tuple(batch.shape)}{hint}")
     check_input(batch)
     return batch
 
@@ -184,14 +216,21 @@ def ambiguous_ablation(name: str) -> ValueError:
 
 
 class ScoreIndependentError(RuntimeError):
-    """The target score does not depend on a requested layer (or the input): no gradient path reaches it."""
+    """The target score does not depend on a requested layer (or the input): no gradient path reaches it.
+
+    ``layers``: the names of those layers (empty when it is the input)."""
+
+    def __init__(self, message: str, layers: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.layers = tuple(layers)
 
 
 def score_independent_of(names: Sequence[str], why: str = "") -> ScoreIndependentError:
     """The error for layers (or the input) whose value the target score does not depend on."""
     return ScoreIndependentError(
         f"the target score does not depend on the output of {', '.join(map(repr, names))}: the model does not "
-        f"use what that layer returns; choose a layer that the output is computed from{why}"
+        f"use what that layer returns; choose a layer that the output is computed from{why}",
+        names,
     )
 
 
@@ -201,9 +240,9 @@ def target_function_shape_error(n: int, got: Any) -> ValueError:
 
 
 def channels_first(array: np.ndarray, channel_axis: int) -> np.ndarray:
-    """A 4-D array with its channels on ``channel_axis`` as contiguous float32 NCHW; other ranks unchanged
-    (they are left for the user's ``reshape``)."""
-    if array.ndim == 4:
+    """A batch ``(N, ...)`` of 3 to 5 dimensions (signals, images, volumes) with its channels on ``channel_axis``
+    as contiguous float32 channels first ``(N, C, *grid)``; other ranks unchanged."""
+    if 3 <= array.ndim <= 5:
         array = np.moveaxis(array, channel_axis, 1)
     return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -258,10 +297,10 @@ def ablation_axis(
     shape: tuple[int, ...],
     reshape: Reshape | None,
     native: str,
-    input_size: tuple[int, int],
+    input_size: tuple[int, ...],
     batch: int,
 ) -> tuple[int, int]:
-    """Where channel ``k`` of the probe's ``(N, K, h, w)`` lies in a layer's own output: ``(axis, first)``, the
+    """Where channel ``k`` of the probe's ``(N, K, *grid)`` lies in a layer's own output: ``(axis, first)``, the
     channel axis (1 or -1) and, for tokens, the first patch token (the special tokens before it are not zeroed).
 
     Raises
@@ -281,7 +320,7 @@ def ablation_axis(
         raise layouts.LayoutError(
             f"layer {name!r}: layout {str(layout)!r} needs a {layout.rank()}-D output, but it has shape {shape}"
         )
-    return (1 if layout.kind == "NCHW" else -1), layout.special_tokens
+    return (1 if layout.channels_first else -1), layout.special_tokens
 
 
 def required_layers(layers: Any) -> list[Any]:
@@ -307,14 +346,16 @@ def read_map(
     array: np.ndarray,
     reshape: Reshape | None,
     native: str,
-    input_size: tuple[int, int],
+    input_size: tuple[int, ...],
     batch: int,
 ) -> tuple[np.ndarray, str]:
-    """A layer output (or its gradient) as ``(N, K, h, w)`` float32, and the layout it was read with.
+    """A layer output (or its gradient) as ``(N, K, *grid)`` float32 (``(N, K, h, w)`` for images, the grid of
+    the input ``input_size``), and the layout it was read with.
 
-    ``array`` is in the framework's own layout (``native``: ``"NCHW"`` or ``"NHWC"`` for a 4-D map). ``reshape``
+    ``array`` is in the framework's own layout (``native``: ``"NCHW"`` or ``"NHWC"``, channels first or last for
+    a map of any rank). ``reshape``
     is a layout name (``"NHWC"``, ``"NTC:1"``, ...; ``layouts.read``), ``None`` to infer the layout from the
-    shape, or a function on the NumPy array, which gets a 4-D map channels first (as before layouts existed)
+    shape, or a function on the NumPy array, which gets a map of the input's rank channels first
     and is applied alike to activations and gradients: a pure re-layout of values commutes with
     differentiation, so the gradient of the re-laid-out tensor is the re-laid-out gradient.
 
@@ -328,13 +369,15 @@ def read_map(
         out, layout = layouts.read(name, array, reshape, native, input_size, batch)
         return out, str(layout)
     layouts.check_batch_first(name, tuple(array.shape), batch)
-    if array.ndim == 4 and native == "NHWC":
+    rank = len(input_size) + 2
+    if array.ndim == rank and not layouts.Layout(native).channels_first:
         array = np.moveaxis(array, -1, 1)
     out = np.asarray(reshape(array))
-    if out.ndim != 4 or out.shape[2] * out.shape[3] < 2:
+    if out.ndim != rank or int(np.prod(out.shape[2:])) < 2:
+        wanted = "(N, K, h, w) with h * w > 1" if rank == 4 else f"(N, K, *grid) with {rank - 2} grid axes"
         raise layouts.LayoutError(
-            f"layer {name!r}: reshape= returned shape {tuple(out.shape)}, which is not a spatial map (N, K, h, w) "
-            "with h * w > 1"
+            f"layer {name!r}: reshape= returned shape {tuple(out.shape)}, which is not a spatial map {wanted} "
+            "(the input's grid)"
         )
     return np.ascontiguousarray(out, dtype=np.float32), "reshape"
 

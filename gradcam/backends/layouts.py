@@ -5,16 +5,18 @@ channels-first (a Swin block, a ConvNeXt LayerNorm in PyTorch), ViT tokens read 
 RoI pool (one per box, not per image) read as images all give a picture without an error. So every layer
 output is read with a known layout, and its first dimension must be the batch:
 
-* ``"NCHW"``, ``"NHWC"``: a map, channels first or last.
+* ``"NCHW"``, ``"NHWC"``: a map, channels first or last; ``"NCL"``, ``"NLC"`` for a signal's (1-D) map and
+  ``"NCDHW"``, ``"NDHWC"`` for a volume's or a clip's (3-D) map.
 * ``"NTC"``: tokens ``(N, T, C)``; ``"NTC:k"`` drops ``k`` leading special tokens (class, distillation,
   registers) and reads the rest as a square grid; ``"NTC:k:HxW"`` as an ``H x W`` grid.
 
 ``VIT`` (``"NTC:1"``), ``DEIT`` (``"NTC:2"``) and ``SWIN`` (``"NHWC"``, torchvision's Swin stages; Hugging
 Face's Swin outputs ``"NTC"``) are ready layouts. When no layout is given, ``infer`` reads one from the shape
-alone, by the rule stated in ``docs/layers.md``: a 4-D output is the map whose grid has the input's aspect
-ratio (the framework's own layout when both readings do); a 3-D output is tokens when, after 0 to
-``MAX_SPECIAL_TOKENS`` leading tokens, exactly one grid with the input's aspect ratio and a whole patch size
-holds the rest. Anything else is refused with a message that asks for ``layout=``.
+alone, by the rule stated in ``docs/layers.md``: an output of the input's rank is the map whose grid has the
+input's aspect ratio (the framework's own layout when both readings do); for an image input, a 3-D output is
+tokens when, after 0 to ``MAX_SPECIAL_TOKENS`` leading tokens, exactly one grid with the input's aspect ratio
+and a whole patch size holds the rest (tokens are read for images only: for a signal ``(N, C, L)`` a 3-D output
+is a 1-D map). Anything else is refused with a message that asks for ``layout=``.
 
 NumPy only: every backend reads its arrays through here, after moving them to the host.
 """
@@ -35,7 +37,9 @@ DEIT = "NTC:2"
 SWIN = "NHWC"
 """torchvision Swin stages and their final norm: channels-last maps."""
 
-MAPS = ("NCHW", "NHWC")
+MAPS_BY_GRID = {1: ("NCL", "NLC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
+"""The map layouts of a grid of 1, 2 or 3 axes, channels first then channels last."""
+MAPS = tuple(kind for pair in MAPS_BY_GRID.values() for kind in pair)
 _TOKENS = re.compile(r"^NTC(?::(\d+))?(?::(\d+)X(\d+))?$")
 
 
@@ -49,12 +53,12 @@ class NotBatchFirstError(LayoutError):
 
 @dataclass(frozen=True)
 class Layout:
-    """How to read one layer output as a channels-first map ``(N, K, h, w)``.
+    """How to read one layer output as a channels-first map ``(N, K, *grid)`` (``(N, K, h, w)`` for images).
 
     Attributes
     ----------
     kind
-        ``"NCHW"``, ``"NHWC"`` or ``"NTC"``.
+        A map layout (``MAPS``: ``"NCHW"``, ``"NHWC"``, ``"NCL"``, ``"NDHWC"``, ...) or ``"NTC"``.
     special_tokens
         For ``"NTC"``: leading tokens that are not patches (dropped).
     grid
@@ -73,18 +77,23 @@ class Layout:
 
     def rank(self) -> int:
         """The number of dimensions of an output in this layout."""
-        return 3 if self.kind == "NTC" else 4
+        return 3 if self.kind == "NTC" else len(self.kind)
 
-    def to_nchw(self, array: np.ndarray) -> np.ndarray:
-        """``array`` in this layout as contiguous float32 ``(N, K, h, w)``.
+    @property
+    def channels_first(self) -> bool:
+        """Whether the channels are axis 1 of the output (else the last axis)."""
+        return self.kind != "NTC" and self.kind[1] == "C"
+
+    def to_channels_first(self, array: np.ndarray) -> np.ndarray:
+        """``array`` in this layout as contiguous float32 ``(N, K, *grid)``: the channels moved to axis 1.
 
         Tokens: ``A[n, k, i, j] = T[n, s + i w + j, k]`` with ``s`` special tokens (row-major patches, as
         every patch embedding flattens them). A pure re-layout, so it commutes with differentiation: the
         gradient of the re-laid-out tensor is the re-laid-out gradient.
         """
-        if self.kind == "NCHW":
+        if self.channels_first:
             out = array
-        elif self.kind == "NHWC":
+        elif self.kind != "NTC":
             out = np.moveaxis(array, -1, 1)
         else:
             patches = array[:, self.special_tokens :, :]
@@ -95,7 +104,7 @@ class Layout:
 
 
 def parse(spec: str | Layout) -> Layout:
-    """The ``Layout`` a name stands for: ``"NCHW"``, ``"NHWC"``, ``"NTC"``, ``"NTC:k"`` or ``"NTC:k:HxW"``.
+    """The ``Layout`` a name stands for: a map layout (``MAPS``), ``"NTC"``, ``"NTC:k"`` or ``"NTC:k:HxW"``.
 
     Raises
     ------
@@ -113,37 +122,42 @@ def parse(spec: str | Layout) -> Layout:
             special, h, w = match.groups()
             return Layout("NTC", int(special or 0), (int(h), int(w)) if h else None)
     raise ValueError(
-        f"unknown layout {spec!r}; give 'NCHW', 'NHWC', or tokens 'NTC', 'NTC:k' (k leading special tokens: "
-        "class, distillation, registers; the rest a square grid) or 'NTC:k:HxW'"
+        f"unknown layout {spec!r}; give a map layout ({', '.join(MAPS)}), or tokens 'NTC', 'NTC:k' (k leading "
+        "special tokens: class, distillation, registers; the rest a square grid) or 'NTC:k:HxW'"
     )
 
 
-def infer(shape: tuple[int, ...], native: str, input_size: tuple[int, int]) -> Layout:
-    """The layout of an output of ``shape`` (batch first) for an input of ``input_size`` ``(H, W)``.
+def infer(shape: tuple[int, ...], native: str, input_size: tuple[int, ...]) -> Layout:
+    """The layout of an output of ``shape`` (batch first) for an input whose grid is ``input_size``: ``(H, W)``
+    for images, ``(L,)`` for signals, ``(D, H, W)`` for volumes and clips.
 
-    A 4-D output is read in each map layout, the framework's ``native`` one first; a reading is kept when its
-    grid ``(h, w)`` fits in the input and has its aspect ratio to within one cell
-    (``|h W - w H| <= max(H, W)``). A 3-D output is tokens ``(N, T, C)``: ``s`` leading special tokens
-    (``0 <= s <= MAX_SPECIAL_TOKENS``) and an ``h x w`` grid with ``h w = T - s``, ``h W = w H`` and a whole
-    patch size (``h`` divides ``H``, ``w`` divides ``W``); exactly one such reading is accepted.
+    An output of the input's rank (4-D for images, 3-D for signals, 5-D for volumes) is read in each map layout
+    of that grid (``MAPS_BY_GRID``), channels first or last, the framework's ``native`` one first; a reading is
+    kept when its grid fits in the input (no axis longer than the input's) and its last two axes ``(h, w)`` have
+    the input's aspect ratio to within one cell, ``|h W - w H| <= max(H, W)`` (a volume's depth is not
+    compared: video networks stride time and space differently; a signal has one axis). For images, a
+    3-D output is tokens ``(N, T, C)``: ``s`` leading special tokens (``0 <= s <= MAX_SPECIAL_TOKENS``) and an
+    ``h x w`` grid with ``h w = T - s``, ``h W = w H`` and a whole patch size (``h`` divides ``H``, ``w``
+    divides ``W``); exactly one such reading is accepted.
 
     Raises
     ------
     LayoutError
         When no reading (or, for tokens, more than one) fits; the message asks for ``layout=``.
     """
-    H, W = input_size
-    if len(shape) == 4:
-        order = [native] + [kind for kind in MAPS if kind != native]
-        for kind in order:
-            h, w = (shape[2], shape[3]) if kind == "NCHW" else (shape[1], shape[2])
-            if h <= H and w <= W and abs(h * W - w * H) <= max(H, W):
+    grid, size = len(input_size), "x".join(map(str, input_size))
+    if grid in MAPS_BY_GRID and len(shape) == grid + 2:
+        first, last = MAPS_BY_GRID[grid]
+        for kind in (first, last) if _channels_first(native) else (last, first):
+            cells = shape[2:] if kind == first else shape[1:-1]
+            if _fits(tuple(cells), tuple(input_size)):
                 return Layout(kind)
         raise LayoutError(
-            f"an output of shape {tuple(shape)} has no grid with the {H}x{W} input's aspect ratio when read as "
-            "NCHW or NHWC; pass layout='NCHW' or layout='NHWC' to say how to read it"
+            f"an output of shape {tuple(shape)} has no grid with the {size} input's aspect ratio when read as "
+            f"{first} or {last}; pass layout='{first}' or layout='{last}' to say how to read it"
         )
-    if len(shape) == 3:
+    if grid == 2 and len(shape) == 3:
+        H, W = input_size
         readings = _token_readings(shape[1], H, W)
         if len(readings) == 1:
             return readings[0]
@@ -153,39 +167,84 @@ def infer(shape: tuple[int, ...], native: str, input_size: tuple[int, int]) -> L
             "pass layout='NTC:k' (k leading class/distillation/register tokens, the rest a square grid) or "
             "layout='NTC:k:HxW'"
         )
+    if grid == 2:
+        raise LayoutError(
+            f"an output of shape {tuple(shape)} is not a spatial map (N, C, h, w) or tokens (N, T, C); choose a "
+            "convolutional or token layer, or pass reshape= to turn it into (N, K, h, w)"
+        )
+    wanted = _MAP_SHAPES.get(grid, "(N, C, *grid)")
     raise LayoutError(
-        f"an output of shape {tuple(shape)} is not a spatial map (N, C, h, w) or tokens (N, T, C); choose a "
-        "convolutional or token layer, or pass reshape= to turn it into (N, K, h, w)"
+        f"an output of shape {tuple(shape)} is not a spatial map {wanted} for a {size} input; choose a "
+        f"convolutional layer, or pass reshape= to turn it into {wanted.replace('C', 'K')}"
     )
 
 
+_MAP_SHAPES = {1: "(N, C, l)", 3: "(N, C, d, h, w)"}
+
+
+def _channels_first(native: str) -> bool:
+    """Whether a framework's ``native`` layout name (``"NCHW"``, ``"NHWC"``, ``"NCL"``, ...) has channels first."""
+    return native.upper()[1] == "C"
+
+
+def _fits(cells: tuple[int, ...], size: tuple[int, ...]) -> bool:
+    """Whether a grid of ``cells`` fits in ``size``, with the aspect ratio of its last two axes (height and width)
+    to within one cell. A volume's or a clip's depth is not compared with the others: video networks stride
+    time and space differently (r3d's stem keeps every frame and halves the height and width)."""
+    if any(c > s for c, s in zip(cells, size, strict=True)):
+        return False
+    if len(size) < 2:
+        return True
+    (h, w), (H, W) = cells[-2:], size[-2:]
+    return abs(h * W - w * H) <= max(H, W)
+
+
 def read(
-    name: str, array: np.ndarray, layout: str | Layout | None, native: str, input_size: tuple[int, int], batch: int
+    name: str,
+    array: np.ndarray,
+    layout: str | Layout | None,
+    native: str,
+    input_size: tuple[int, ...],
+    batch: int,
 ) -> tuple[np.ndarray, Layout]:
-    """Layer ``name``'s output (or its gradient) as float32 ``(N, K, h, w)``, and the layout it was read with.
+    """Layer ``name``'s output (or its gradient) as float32 ``(N, K, *grid)`` (``(N, K, h, w)`` for images), and
+    the layout it was read with.
 
     ``layout`` is a name or ``Layout``, or ``None`` to ``infer`` one; ``native`` is the framework's layout of the
-    layer (``"NCHW"`` or ``"NHWC"``).
+    layer (``"NCHW"`` or ``"NHWC"``: channels first or last, whatever the grid's rank).
 
     Raises
     ------
     LayoutError
         When the first dimension is not the batch (a RoI pool, a detector head), the layout does not fit the
-        output, or the map has fewer than two cells.
+        output or the input's grid, or the map has fewer than two cells.
     """
     check_batch_first(name, tuple(array.shape), batch)
     try:
         chosen = infer(tuple(array.shape), native, input_size) if layout is None else parse(layout)
         _check_fits(chosen, tuple(array.shape))
+        check_grid(chosen, len(input_size))
     except LayoutError as error:
         raise LayoutError(f"layer {name!r}: {error}") from None
-    out = chosen.to_nchw(array)
-    if out.shape[2] * out.shape[3] < 2:
+    out = chosen.to_channels_first(array)
+    if int(np.prod(out.shape[2:])) < 2:
         raise LayoutError(
-            f"layer {name!r} has output shape {tuple(array.shape)}, which is not a spatial map (a {out.shape[2]}x"
-            f"{out.shape[3]} grid); choose an earlier layer whose map has h, w > 1"
+            f"layer {name!r} has output shape {tuple(array.shape)}, which is not a spatial map (a "
+            f"{'x'.join(map(str, out.shape[2:]))} grid); choose an earlier layer whose map has more than one cell"
         )
     return out, chosen
+
+
+def check_grid(layout: Layout, grid: int) -> None:
+    """A ``LayoutError`` when ``layout`` gives a map of another number of grid axes than the input's ``grid``
+    (a map could not be upsampled onto the input); tokens are read for images only."""
+    axes = 2 if layout.kind == "NTC" else layout.rank() - 2
+    if axes != grid:
+        names = " or ".join(MAPS_BY_GRID.get(grid, ()))
+        raise LayoutError(
+            f"layout {str(layout)!r} reads a {axes}-axis grid, but the input has a {grid}-axis grid; "
+            f"pass {names or 'a layout of the input grid'}"
+        )
 
 
 def check_batch_first(name: str, shape: tuple[int, ...], batch: int) -> None:

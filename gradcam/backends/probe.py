@@ -13,7 +13,8 @@ class Probe:
     Attributes
     ----------
     activations, gradients
-        layer name -> ``(N, K, h, w)`` float32, channels first; ``gradients[l] = d y_n / d A_n``.
+        layer name -> ``(N, K, *grid)`` float32, channels first (``(N, K, h, w)`` for images, ``(N, K, l)`` for
+        signals, ``(N, K, d, h, w)`` for volumes); ``gradients[l] = d y_n / d A_n``.
     scores
         ``(N,)`` float32: the target score of each image (raw, before softmax).
     targets
@@ -21,7 +22,7 @@ class Probe:
     logits
         ``(N, C)`` float32 model outputs when the output is a class-score matrix, else ``None``.
     input_size
-        ``(H, W)`` of the input images.
+        The input's grid: ``(H, W)`` of images, ``(L,)`` of signals, ``(D, H, W)`` of volumes and clips.
     layers
         The layer names, in the order requested.
     layouts
@@ -34,14 +35,15 @@ class Probe:
     scores: np.ndarray
     targets: np.ndarray
     logits: np.ndarray | None
-    input_size: tuple[int, int]
+    input_size: tuple[int, ...]
     layers: list[str] = field(default_factory=list)
     layouts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class InputGradient:
-    """``d y / d x`` under a ReLU backward rule, as ``(N, C, H, W)`` float32 (channels first).
+    """``d y / d x`` under a ReLU backward rule, as ``(N, C, *grid)`` float32 (channels first; ``(N, C, H, W)``
+    for images).
 
     ``probe`` holds the plain activations and gradients at the requested layers when those were
     asked for in the same pass (Guided Grad-CAM), else ``None``.

@@ -192,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address", default=None, help="--engine ray: join this Ray cluster (default: start a local Ray instance)"
     )
 
+    volume = commands.add_parser(
+        "volume", help="maps of a 3-D model for volumes and clips: slice overlays, a GIF and the map as .npy",
+        description="Explain volumes and video clips with a 3-D model (Conv3d, Keras Conv3D, a Flax 3-D conv): for "
+        "each clip and method the map as .npy (D, H, W), one overlay PNG per slice or frame and an animated GIF, and "
+        "one line per clip and method in records.jsonl.",
+    )
+    volume.add_argument(
+        "clips", nargs="+", type=Path, metavar="CLIP",
+        help="a .npy volume (D, H, W) or (D, H, W, C) with C 1 or 3, given to the model as stored (uint8 scaled to "
+        "[0, 1]); an animated .gif; or a folder of frame images taken in the order of their names",
+    )
+    _add_model_arguments(volume)
+    _add_method_arguments(volume, "gradcam")
+    volume.add_argument(
+        "--frames", type=_counted(), default=None,
+        help="for a GIF or a folder: take this many frames spread evenly over the clip (default: all)",
+    )
+    volume.add_argument(
+        "--output-dir", type=Path, default=Path("results/volumes"), help="where results go (default: results/volumes)"
+    )
+
     compare = commands.add_parser(
         "compare", help="one figure: methods as columns, images (and models) as rows",
         description="Draw one PNG comparing methods side by side: a column per method, a row per image and model.",
@@ -280,6 +301,19 @@ def _run_explain(args: argparse.Namespace) -> int:
     )
 
 
+def _run_volume(args: argparse.Namespace) -> int:
+    from gradcam.cli.volume import run_volume
+
+    if args.model is None:
+        raise JobError("gradcam volume needs --model: a 3-D model given as a factory, file.py:function")
+    check_output_dir(args.output_dir)
+    loaded = load_model(args.model, args.weights, args.backend, args.device)
+    return run_volume(
+        loaded, args.clips, args.output_dir, args.method, args.layer, args.class_id, args.frames, args.image_size,
+        _options(args),
+    )
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from gradcam.cli.compare import run_compare
 
@@ -317,7 +351,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 some images failed, 2 a usage error)."""
     args = build_parser().parse_args(argv)
-    commands = {"explain": _run_explain, "compare": _run_compare, "layers": _run_layers, "evaluate": _run_evaluate}
+    commands = {
+        "explain": _run_explain, "volume": _run_volume, "compare": _run_compare, "layers": _run_layers,
+        "evaluate": _run_evaluate,
+    }
     run = commands[args.command]
     try:
         return run(args)

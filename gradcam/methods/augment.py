@@ -62,7 +62,10 @@ class AugmentSmooth:
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         images = self.method.backend.to_numpy(x)
         if images.ndim != 4:
-            raise ValueError(f"AugmentSmooth needs a batch of images (N, C, H, W) or (N, H, W, C), got {images.shape}")
+            raise ValueError(
+                f"AugmentSmooth shifts and flips images: it needs a batch of images (N, C, H, W) or (N, H, W, C), got "
+                f"shape {images.shape}; signals (N, C, L) and volumes (N, C, D, H, W) are not supported"
+            )
         channels_last = self.method.backend.input_channel_axis(self.method.model) != 1
         H, W = images.shape[1:3] if channels_last else images.shape[2:4]
         if any(abs(dy) >= H or abs(dx) >= W for dy, dx in self.shifts):

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from gradcam import reference as ref
 from gradcam.backends import Backend, Probe, backend_by_name, get_backend
 from gradcam.backends.common import Target, layer_list
 from gradcam.explanation import Explanation, ExplanationWarning, ProbabilityWarning, issue
 from gradcam.methods.diagnosis import layer_map_warnings
 from gradcam.reference import family, fast, postprocess
+from gradcam.targets import stack_columns, target_columns
 
 # how a backend's note (``Backend.explained_model``) starts when the explained score is a probability
 PROBABILITY_NOTE = "the explained score is a probability"
@@ -179,11 +181,42 @@ class LayerMethod(Method):
     """A method that reads one or more layers' activations and gradients (one forward, one backward).
 
     ``uses_gradients``: whether the map is computed from ``G`` (for the reasons given when a map is all zero).
+    ``has_contributions``: whether the map is ``ReLU(sum_k C_k)`` of per-channel contributions ``C_k``
+    (``contributions_of``), for which these options apply:
+
+    Parameters
+    ----------
+    relu : ``False`` keeps the map signed, ``sum_k C_k`` without the ReLU: negative where the layer's evidence
+        speaks against the target. Signed maps are normalized by their largest magnitude, ``m / max |m|``, into
+        [-1, 1] with 0 kept at 0 (``gradcam.reference.postprocess.normalize_signed``); ``raw`` is signed too.
+    contributions : ``True`` keeps each channel's contribution ``C_k`` at each layer (``w_k A_k`` for the channel
+        weighting methods, ``ReLU(G_k) A_k`` for LayerCAM, ``G_k A_k`` for HiResCAM), ``(N, K, h, w)`` per layer
+        in ``Explanation.contributions_by_layer``; off by default, as they weigh as much as the activations.
     """
 
     uses_gradients = True
+    has_contributions = False
+
+    def __init__(
+        self, model: Any, layer: Any = None, *, relu: bool = True, contributions: bool = False, **options: Any
+    ) -> None:
+        if (not relu or contributions) and not self.has_contributions:
+            raise ValueError(
+                f"{type(self).__name__}'s map is not a ReLU of per-channel contributions, so relu=False and "
+                "contributions=True do not apply; they do to the channel-weighting methods, LayerCAM and HiResCAM"
+            )
+        if not isinstance(relu, bool) or not isinstance(contributions, bool):
+            raise ValueError(f"relu and contributions must be True or False, got {relu!r} and {contributions!r}")
+        self.relu, self.keep_contributions = relu, contributions
+        super().__init__(model, layer, **options)
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
+        """Explain ``x`` for ``target`` (``Method.__call__``); several targets per image, an ``(N, T)`` int array
+        or a list of ``T`` callables, give maps ``(N, T, *grid)`` (``gradcam.targets.stack_columns``) at the cost
+        of ``T`` single calls (``T`` forward and backward passes): a probe differentiates one score per image."""
+        columns = target_columns(target)
+        if columns is not None:
+            return stack_columns([self(x, column) for column in columns])
         return self.explain_probe(self.probe(x, target))
 
     def probe(self, x: Any, target: Target) -> Probe:
@@ -193,19 +226,26 @@ class LayerMethod(Method):
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, np.ndarray | None]:
         """The raw map ``(N, h, w)`` and channel weights ``(N, K)`` (or None) of layer ``name``."""
 
+    def contributions_of(self, name: str, probe: Probe, weights: np.ndarray | None) -> np.ndarray:
+        """Each channel's contribution ``C_k = w_k A_k`` at layer ``name``, ``(N, K, h, w)``
+        (``gradcam.reference.channel_contributions``); methods with a weight per position override it."""
+        return ref.channel_contributions(probe.activations[name], weights)
+
     def explain_probe(self, probe: Probe) -> Explanation:
         """The explanation of a probe: each layer's raw map and weights, the maps upsampled and normalised, and
         a warning for each layer whose map is all zero or flat, with the reason read from ``A`` and ``G``."""
-        raw_by_layer, weights_by_layer, found = {}, {}, []
+        raw_by_layer, weights_by_layer, contributions_by_layer, found = {}, {}, {}, []
         for name in probe.layers:
             raw, weights = self.layer_map(name, probe)
             raw_by_layer[name] = raw
             if weights is not None:
                 weights_by_layer[name] = weights
+            if self.keep_contributions:
+                contributions_by_layer[name] = self.contributions_of(name, probe, weights)
             G = probe.gradients[name] if self.uses_gradients else None
             found += layer_map_warnings(self.name, name, raw, probe.activations[name], G)
         explanation = Explanation(
-            maps=combine_layers(list(raw_by_layer.values()), probe.input_size, self.upsample),
+            maps=combine_layers(list(raw_by_layer.values()), probe.input_size, self.upsample, signed=not self.relu),
             targets=probe.targets,
             scores=probe.scores,
             method=self.name,
@@ -213,6 +253,8 @@ class LayerMethod(Method):
             raw_by_layer=raw_by_layer,
             weights_by_layer=weights_by_layer,
             logits=probe.logits,
+            grid=len(probe.input_size),
+            contributions_by_layer=contributions_by_layer,
         )
         return self.warned(explanation, found)
 
@@ -222,21 +264,30 @@ def is_layer_index(layer: Any) -> bool:
     return isinstance(layer, (int, np.integer)) and not isinstance(layer, (bool, np.bool_))
 
 
-def combine_layers(raw_maps: list[np.ndarray], size: tuple[int, int], upsample: str = "bilinear") -> np.ndarray:
+def combine_layers(
+    raw_maps: list[np.ndarray], size: tuple[int, ...], upsample: str = "bilinear", signed: bool = False
+) -> np.ndarray:
     """Each layer's map upsampled to ``size`` by ``upsample`` and normalised; several layers averaged and
-    normalised again.
+    normalised again. ``size`` is the input's grid: ``(H, W)`` for images, ``(L,)`` for signals, ``(D, H, W)``
+    for volumes, and the maps ``(N, *grid)`` of the same number of axes.
 
-    Bilinear in float32 (``gradcam.reference.fast``): ``normalize(upsample(raw, size))`` of the float64 formulas
-    to float32 rounding, in about a tenth of their time. Nearest and bicubic, asked for less often, run the
-    float64 formulas (``gradcam.reference.postprocess.resize``).
+    Bilinear on images in float32 (``gradcam.reference.fast``): ``normalize(upsample(raw, size))`` of the float64
+    formulas to float32 rounding, in about a tenth of their time. Every other case (nearest and bicubic, asked
+    for less often; linear on signals and trilinear on volumes) runs the float64 formulas
+    (``gradcam.reference.postprocess.resize`` and ``normalize`` over the grid's axes). ``signed`` maps are
+    normalized by their largest magnitude instead (``postprocess.normalize_signed``), in float64.
     """
-    if upsample == "bilinear":
+    grid = len(size)
+    if signed:
+        maps = [postprocess.normalize_signed(postprocess.resize(raw, size, upsample), grid) for raw in raw_maps]
+        return maps[0] if len(maps) == 1 else postprocess.normalize_signed(np.mean(maps, axis=0), grid)
+    if upsample == "bilinear" and grid == 2:
         maps = [fast.upsample_normalized(raw, size) for raw in raw_maps]
     else:
-        maps = [postprocess.normalize(postprocess.resize(raw, size, upsample)) for raw in raw_maps]
+        maps = [postprocess.normalize(postprocess.resize(raw, size, upsample), grid=grid) for raw in raw_maps]
     if len(maps) == 1:
         return maps[0]
-    return fast.normalize(np.mean(maps, axis=0))
+    return fast.normalize(np.mean(maps, axis=0), grid=grid)
 
 
 class ChannelWeightMethod(LayerMethod):
@@ -250,8 +301,10 @@ class ChannelWeightMethod(LayerMethod):
         Eigen-CAM's paper, or centred as pytorch-grad-cam. The channel weights are the method's either way.
     """
 
+    has_contributions = True
+
     def __init__(self, model: Any, layer: Any = None, *, eigen_smooth: bool | str = False, **options: Any) -> None:
-        self.eigen_smooth = eigen_smooth_option(eigen_smooth)
+        self.eigen_smooth = eigen_smooth_option(eigen_smooth, options.get("relu", True))
         super().__init__(model, layer, **options)
 
     @abstractmethod
@@ -261,13 +314,16 @@ class ChannelWeightMethod(LayerMethod):
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, np.ndarray]:
         A = probe.activations[name]
         weights = self.channel_weights(A, probe.gradients[name], probe)
-        return channel_map(A, weights, self.eigen_smooth), weights
+        return channel_map(A, weights, self.eigen_smooth, relu=self.relu), weights
 
 
-def eigen_smooth_option(eigen_smooth: bool | str) -> bool | str:
-    """``eigen_smooth`` as given, checked: ``False``, ``True`` or ``"centred"`` (see ``ChannelWeightMethod``)."""
+def eigen_smooth_option(eigen_smooth: bool | str, relu: bool = True) -> bool | str:
+    """``eigen_smooth`` as given, checked: ``False``, ``True`` or ``"centred"`` (see ``ChannelWeightMethod``), and
+    not with ``relu=False`` (a principal component's sign is chosen, not measured: it has no signed reading)."""
     if not (isinstance(eigen_smooth, bool) or eigen_smooth == "centred"):
         raise ValueError(f"eigen_smooth must be False, True or 'centred', got {eigen_smooth!r}")
+    if eigen_smooth and relu is False:
+        raise ValueError("eigen_smooth gives a principal component, whose sign is chosen; it has no relu=False form")
     return eigen_smooth
 
 
@@ -276,10 +332,14 @@ def channel_map(
     weights: np.ndarray,
     eigen_smooth: bool | str,
     weighted: Callable[[np.ndarray, np.ndarray], np.ndarray] = fast.weighted_map,
+    relu: bool = True,
 ) -> np.ndarray:
-    """A channel-weighting method's raw map: ``L = ReLU(sum_k w_k A_k)`` computed by ``weighted``, or with
+    """A channel-weighting method's raw map: ``L = ReLU(sum_k w_k A_k)`` computed by ``weighted``, without the
+    ReLU when ``relu`` is False (``sum_k C_k`` of ``gradcam.reference.channel_contributions``), or with
     ``eigen_smooth`` the first principal component of ``w_k A_k`` (``family.eigen_smooth_map``, centred for
     ``"centred"``)."""
     if eigen_smooth:
         return family.eigen_smooth_map(A, weights, centred=eigen_smooth == "centred")
+    if not relu:
+        return ref.channel_contributions(A, weights).sum(axis=1)
     return weighted(A, weights)

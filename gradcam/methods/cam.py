@@ -80,8 +80,9 @@ class CAM(LayerMethod):
                 f"CAM needs the dense layer {fc_layer!r} to read the {A.shape[1]} channels of the layer "
                 f"(after global average pooling), but its weights have shape (classes, inputs) = {W.shape}"
             )
-        Z = A.shape[2] * A.shape[3]
-        expected = np.broadcast_to(W[probe.targets][:, :, None, None] / Z, G.shape)
+        Z = int(np.prod(A.shape[2:]))
+        grid = (1,) * (A.ndim - 2)
+        expected = np.broadcast_to(W[probe.targets].reshape(*W[probe.targets].shape, *grid) / Z, G.shape)
         if not np.allclose(G, expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()) + 1e-12):
             raise ValueError(
                 f"CAM needs the layer to be followed by global average pooling and the dense layer "

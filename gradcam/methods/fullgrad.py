@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcam.backends.common import Target, channels_first
+from gradcam.backends.common import ScoreIndependentError, Target, channels_first
 from gradcam.explanation import Explanation
 from gradcam.methods.base import Method
 from gradcam.methods.diagnosis import input_gradient_warnings
@@ -57,7 +57,17 @@ class FullGrad(Method):
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         biased = self.spatial_biases(x)
         names = [name for name, _ in biased]
-        result = self.backend.input_gradient(self.model, x, target, rule="plain", layers=names or None)
+        try:
+            result = self.backend.input_gradient(self.model, x, target, rule="plain", layers=names or None)
+        except ScoreIndependentError as error:
+            # layers the score does not depend on (a detector's proposal head, whose boxes are detached): their
+            # bias-gradients are zero, so they add nothing to the sum; run again without them
+            unused = set(error.layers)
+            if not unused or not unused <= set(names):
+                raise
+            biased = [(name, b) for name, b in biased if name not in unused]
+            names = [name for name, _ in biased]
+            result = self.backend.input_gradient(self.model, x, target, rule="plain", layers=names or None)
         images = channels_first(self.backend.to_numpy(x), self.backend.input_channel_axis(self.model))
         parts = []
         for name, b in biased:
@@ -65,28 +75,31 @@ class FullGrad(Method):
             if G.shape[1] != b.size:
                 raise ValueError(
                     f"layer {name!r} has {b.size} biases but its output was read with {G.shape[1]} channels; "
-                    "FullGrad needs its output as (N, C, h, w) with C = the number of biases"
+                    "FullGrad needs its output as (N, C, *grid) with C = the number of biases"
                 )
             parts.append((G, b))
         raw = rules.full_grad(images, result.gradient, parts, self.upsample)
         explanation = Explanation(
-            maps=fast.normalize(raw),
+            maps=fast.normalize(raw, grid=raw.ndim - 1),
             targets=result.targets,
             scores=result.scores,
             method=self.name,
             layers=["input"],
             raw_by_layer={"input": raw},
             logits=result.logits,
+            grid=raw.ndim - 1,
         )
         return self.warned(explanation, input_gradient_warnings(self.name, "plain", result))
 
     def spatial_biases(self, x: Any) -> list[tuple[str, np.ndarray]]:
         """The layers with a bias whose output has more than one position, with their biases (``C`` values)."""
         shapes = dict(self.backend.layer_shapes(self.model, x))
+        rank = len(getattr(x, "shape", None) or np.shape(x))
         kept = []
         for name, b in self.backend.layer_biases(self.model, x):
             shape = shapes.get(name)
-            # a 4-D output with C = b.size channels has prod(shape[1:]) / C positions, whichever axis C is on
-            if shape is not None and len(shape) == 4 and int(np.prod(shape[1:])) // b.size > 1:
+            # a map of the input's rank with C = b.size channels has prod(shape[1:]) / C positions, whichever axis
+            # C is on
+            if shape is not None and len(shape) == rank and int(np.prod(shape[1:])) // b.size > 1:
                 kept.append((name, b))
         return kept

@@ -84,9 +84,10 @@ class GradCAMPlusPlus(ChannelWeightMethod):
     def channel_weights(self, A: np.ndarray, G: np.ndarray, probe: Probe) -> np.ndarray:
         if self.eps:
             A, G = A.astype(np.float64), G.astype(np.float64)
-            S = A.sum(axis=(2, 3), keepdims=True)
+            grid = tuple(range(2, A.ndim))
+            S = A.sum(axis=grid, keepdims=True)
             a = np.where(G != 0, G**2 / (2 * G**2 + S * G**3 + self.eps), 0.0)
-            return (a * ref.relu(G)).sum(axis=(2, 3)).astype(np.float32)
+            return (a * ref.relu(G)).sum(axis=grid).astype(np.float32)
         if self.variant == "paper":
             return fast.grad_cam_pp_weights(A, G)
         return ref.grad_cam_pp_weights(A, G, self.variant)
@@ -125,25 +126,40 @@ class XGradCAM(ChannelWeightMethod):
         if not self.eps:
             return fast.xgrad_cam_weights(A, G)
         A, G = A.astype(np.float64), G.astype(np.float64)
-        return ((A * G).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + self.eps)).astype(np.float32)
+        grid = tuple(range(2, A.ndim))
+        return ((A * G).sum(axis=grid) / (A.sum(axis=grid) + self.eps)).astype(np.float32)
 
 
 class LayerCAM(LayerMethod):
     """LayerCAM (Jiang et al., 2021): ``L = ReLU(sum_k ReLU(G_k) * A_k)``, a weight per position."""
 
     name = "layercam"
+    has_contributions = True
 
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, None]:
+        if not self.relu:
+            return self.contributions_of(name, probe, None).sum(axis=1), None
         return fast.layer_cam(probe.activations[name], probe.gradients[name]), None
+
+    def contributions_of(self, name: str, probe: Probe, weights: None) -> np.ndarray:
+        """``C_k = ReLU(G_k) A_k``, the weight of each position."""
+        return ref.channel_contributions(probe.activations[name], ref.relu(probe.gradients[name]))
 
 
 class HiResCAM(LayerMethod):
     """HiResCAM (Draelos & Carin, 2020): ``L = ReLU(sum_k G_k * A_k)``, faithful to the model's computation."""
 
     name = "hirescam"
+    has_contributions = True
 
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, None]:
+        if not self.relu:
+            return self.contributions_of(name, probe, None).sum(axis=1), None
         return fast.hires_cam(probe.activations[name], probe.gradients[name]), None
+
+    def contributions_of(self, name: str, probe: Probe, weights: None) -> np.ndarray:
+        """``C_k = G_k A_k``, the gradient at each position as its weight."""
+        return ref.channel_contributions(probe.activations[name], probe.gradients[name])
 
 
 class EigenCAM(LayerMethod):

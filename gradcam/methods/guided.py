@@ -12,7 +12,8 @@ from gradcam.methods.gradient import GradCAM
 
 
 class _InputGradientMethod(Method):
-    """``d y / d x`` with every ReLU passing gradient by ``rule``; ``maps`` are ``(N, C, H, W)``.
+    """``d y / d x`` with every ReLU passing gradient by ``rule``; ``maps`` are ``(N, C, H, W)`` (``(N, C, *grid)``
+    for signals and volumes).
 
     A warning says when the backward met no ReLU (the map is then the plain gradient) or a gradient is all zero.
     """
@@ -23,7 +24,12 @@ class _InputGradientMethod(Method):
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         result = self.backend.input_gradient(self.model, x, target, rule=self.rule)
         explanation = Explanation(
-            maps=result.gradient, targets=result.targets, scores=result.scores, method=self.name, logits=result.logits
+            maps=result.gradient,
+            targets=result.targets,
+            scores=result.scores,
+            method=self.name,
+            logits=result.logits,
+            grid=result.gradient.ndim - 2,
         )
         return self.warned(explanation, input_gradient_warnings(self.name, self.rule, result))
 

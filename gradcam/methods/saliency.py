@@ -31,18 +31,20 @@ class Saliency(Method):
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
         result = self.backend.input_gradient(self.model, x, target, rule="plain")
-        return self.explained(rules.saliency(result.gradient), result)
+        return self.explained(rules.saliency(result.gradient, grid=result.gradient.ndim - 2), result)
 
     def explained(self, raw: np.ndarray, clean: InputGradient) -> Explanation:
-        """The explanation whose raw map is ``raw`` ``(N, H, W)``, for the targets of the clean pass ``clean``."""
+        """The explanation whose raw map is ``raw`` ``(N, *grid)`` (``(N, H, W)`` for images), for the targets of the
+        clean pass ``clean``."""
         explanation = Explanation(
-            maps=fast.normalize(raw),
+            maps=fast.normalize(raw, grid=raw.ndim - 1),
             targets=clean.targets,
             scores=clean.scores,
             method=self.name,
             layers=["input"],
             raw_by_layer={"input": raw},
             logits=clean.logits,
+            grid=raw.ndim - 1,
         )
         return self.warned(explanation, input_gradient_warnings(self.name, "plain", clean))
 
@@ -88,10 +90,10 @@ class SmoothGrad(Saliency):
         clean = self.backend.input_gradient(self.model, x, target, rule="plain")
         copy_target = target if callable(target) else clean.targets
         gradients = self.noisy_gradients(self.backend.to_numpy(x), copy_target, clean.gradient.shape[2:])
-        return self.explained(rules.smooth_grad(gradients, self.variant), clean)
+        return self.explained(rules.smooth_grad(gradients, self.variant, grid=gradients.ndim - 3), clean)
 
-    def noisy_gradients(self, images: np.ndarray, target: Any, input_size: tuple[int, int]) -> np.ndarray:
-        """The ``(n_samples, N, C, H, W)`` input gradients of the noisy copies of ``images`` (model layout)."""
+    def noisy_gradients(self, images: np.ndarray, target: Any, input_size: tuple[int, ...]) -> np.ndarray:
+        """The ``(n_samples, N, C, *grid)`` input gradients of the noisy copies of ``images`` (model layout)."""
         n = images.shape[0]
         axes = tuple(range(1, images.ndim))
         sigma = (self.noise_level * (images.max(axis=axes) - images.min(axis=axes))).astype(np.float32)

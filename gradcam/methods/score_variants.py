@@ -21,8 +21,9 @@ class SSCAM(ScoreCAM):
     """SS-CAM (Wang, Naidu et al., 2020): ``w_k = (1/N) sum_i softmax(f(x * (M_k + sigma delta_i)))_c`` with
     ``delta_i ~ N(0, 1)`` per pixel, ``L = ReLU(sum_k w_k A_k)``; the paper's first variant, noise on the mask.
 
-    The noise is drawn in NumPy, one ``(H, W)`` field per masked copy, in the order of Score-CAM's rows (image,
-    channel, copy), restarting from ``seed`` for every layer: the same map in every framework and any batch size.
+    The noise is drawn in NumPy, one field of the grid's shape (``(H, W)`` for images) per masked copy, in the
+    order of Score-CAM's rows (image, channel, copy), restarting from ``seed`` for every layer: the same map in
+    every framework and any batch size.
     Cost: ``n_samples`` forwards per channel and image (torchcam's default ``n_samples=35``, ``sigma=2``).
     """
 
@@ -68,4 +69,4 @@ class ISCAM(ScoreCAM):
 
     def mask_copies(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         c = rules.is_cam_coefficients(self.n_samples).astype(np.float32)
-        return lambda masks, s: masks * c[s][:, None, None]
+        return lambda masks, s: masks * c[s].reshape(-1, *[1] * (masks.ndim - 1))

@@ -43,6 +43,7 @@ class SmoothGradCAMPlusPlus(LayerMethod):
     (``gradcam.methods.base.ChannelWeightMethod``); the weights ``w_k`` are unchanged.
     """
 
+    has_contributions = True
     name = "smoothgradcam++"
 
     def __init__(
@@ -57,7 +58,7 @@ class SmoothGradCAMPlusPlus(LayerMethod):
         eigen_smooth: bool | str = False,
         **options: Any,
     ) -> None:
-        self.eigen_smooth = eigen_smooth_option(eigen_smooth)
+        self.eigen_smooth = eigen_smooth_option(eigen_smooth, options.get("relu", True))
         super().__init__(model, layer, **options)
         if n_samples < 1 or batch_size < 1:
             raise ValueError(f"n_samples and batch_size must be at least 1, got {n_samples} and {batch_size}")
@@ -72,7 +73,7 @@ class SmoothGradCAMPlusPlus(LayerMethod):
         return NoisyProbe(**vars(clean), noisy_gradients=gradients, noisy_scores=scores)
 
     def _noisy_gradients(
-        self, images: np.ndarray, target: Any, layers: list[str], input_size: tuple[int, int]
+        self, images: np.ndarray, target: Any, layers: list[str], input_size: tuple[int, ...]
     ) -> tuple[dict, np.ndarray]:
         n = images.shape[0]
         per_image = (-1,) + (1,) * (images.ndim - 1)
@@ -98,7 +99,7 @@ class SmoothGradCAMPlusPlus(LayerMethod):
     def layer_map(self, name: str, probe: NoisyProbe) -> tuple[np.ndarray, np.ndarray]:
         A, Gs, ys = probe.activations[name], probe.noisy_gradients[name], probe.noisy_scores
         weights = ref.smooth_grad_cam_pp_weights(A, Gs, ys)
-        return channel_map(A, weights, self.eigen_smooth, ref.weighted_map), weights
+        return channel_map(A, weights, self.eigen_smooth, ref.weighted_map, self.relu), weights
 
     def explain_probe(self, probe: NoisyProbe) -> Explanation:
         explanation = super().explain_probe(probe)
@@ -110,16 +111,16 @@ class SmoothGradCAMPlusPlus(LayerMethod):
 
 
 def channels_first_noise(
-    rng: np.random.Generator, count: int, shape: tuple[int, ...], input_size: tuple[int, int]
+    rng: np.random.Generator, count: int, shape: tuple[int, ...], input_size: tuple[int, ...]
 ) -> np.ndarray:
-    """Standard normal noise drawn in the canonical (count, C, H, W) order and laid out like the input.
+    """Standard normal noise drawn in the canonical (count, C, *grid) order and laid out like the input.
 
     Drawing in one order whatever the framework's layout gives every framework the same noisy copies, so
     Smooth Grad-CAM++ agrees across frameworks like every other method. The layout is read off the input's
-    shape against the model's spatial size (NHWC when the spatial size sits on axes 1 and 2).
+    shape against the model's grid ``input_size`` (channels last when the grid sits on axes 1 to -2).
     """
-    channels_last = tuple(shape[2:]) != tuple(input_size) and tuple(shape[1:3]) == tuple(input_size)
+    channels_last = tuple(shape[2:]) != tuple(input_size) and tuple(shape[1:-1]) == tuple(input_size)
     if not channels_last:
         return rng.standard_normal(size=(count, *shape[1:]), dtype=np.float32)
-    noise = rng.standard_normal(size=(count, shape[3], shape[1], shape[2]), dtype=np.float32)
-    return np.ascontiguousarray(noise.transpose(0, 2, 3, 1))
+    noise = rng.standard_normal(size=(count, shape[-1], *shape[1:-1]), dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(noise, 1, -1))

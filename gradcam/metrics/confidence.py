@@ -14,7 +14,8 @@ def explanation_scores(
     model: Any, images: Any, maps: Any, target: Target = None, score: str = "probability", batch_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(Y, O)``: per image, the target's score on the image and on ``image * map`` (the map broadcast over
-    the colour channels), both ``(N,)`` float64. The target defaults to the top-1 class of the image."""
+    the colour channels), both ``(N,)`` float64. The target defaults to the top-1 class of the image; a target
+    function (``gradcam.targets``) scores the NumPy outputs itself."""
     scored = ScoredImages(model, images, maps, target, score, batch_size)
 
     def explanation_only(pixels: np.ndarray, n: int, copy: int) -> None:
@@ -30,13 +31,15 @@ def average_drop(
     times the mean); lower is better. ``Y_c``: the target's score on the image, ``O_c``: on ``image * map``.
 
     With ``score="probability"`` (softmax over the classes, as the paper) ``Y_c > 0``. With ``score="raw"`` a
-    score ``Y_c <= 0`` has no meaningful share and raises ``ValueError``.
+    score ``Y_c <= 0`` has no meaningful share and raises ``ValueError``, as does a target function's score
+    ``<= 0`` (its value is the score, whatever ``score`` says).
     """
     Y, O = explanation_scores(model, images, maps, target, score, batch_size)
     if (Y <= 0).any():
         raise ValueError(
             f"average drop divides by the score on the image, and image {int(np.argmax(Y <= 0))} has score "
-            f"{Y[Y <= 0][0]:.4g} <= 0; use score='probability'"
+            f"{Y[Y <= 0][0]:.4g} <= 0; use score='probability' with a class target, or a target function whose scores "
+            "are positive"
         )
     return np.maximum(0.0, Y - O) / Y
 

@@ -32,7 +32,8 @@ def deletion_curve(
     map (ties in row-major order) are removed in every channel. Returns ``(scores (N, steps + 1), fractions
     (steps + 1,))``; ``scores[:, 0]`` is the score on the image itself. ``baseline``: a value, or an array in
     the images' layout broadcast to them (a blurred copy, say). ``score``: ``"probability"`` (softmax over the
-    classes) or ``"raw"`` (the target's output). The target defaults to the top-1 class of the image.
+    classes) or ``"raw"`` (the target's output). The target defaults to the top-1 class of the image; a target
+    function (``gradcam.targets``) gives the score of each copy itself, from the model's NumPy outputs.
     """
     return _curve(model, images, maps, target, steps, baseline, score, batch_size, deleting=True)
 

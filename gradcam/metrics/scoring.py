@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from gradcam.backends import get_backend
-from gradcam.backends.common import Target, class_targets, positive_int
-from gradcam.copies import channels_last_view, refuse_target_function, run_in_batches
+from gradcam.backends.common import TOP1, Target, class_targets, positive_int
+from gradcam.copies import channels_last_view, run_in_batches
 from gradcam.metrics.checks import as_maps
-from gradcam.reference.scores import SCORES, target_scores
+from gradcam.reference.scores import SCORES
+from gradcam.targets import copy_scores, model_outputs
 
 
 class ScoredImages:
@@ -23,8 +24,11 @@ class ScoredImages:
     channel_axis : the channel axis of ``images``.
     pixels : an ``(N, H, W, C)`` view of ``images``.
     maps : ``(N, H, W)`` float64.
-    targets : ``(N,)`` class per image.
+    targets : ``(N,)`` class per image (-1 for a target function).
     clean : ``(N,)`` float64 score of each image's target on the image itself.
+
+    The target is any single target (``gradcam.targets``): classes, scored by ``score``, or a target function,
+    whose score of each changed copy is its own value on the copies' NumPy outputs (``copy_scores``).
     """
 
     def __init__(
@@ -32,8 +36,7 @@ class ScoredImages:
     ) -> None:
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-        refuse_target_function(target, "the metric")
-        self.model, self.score = model, score
+        self.model, self.score, self.target = model, score, target
         self.backend = get_backend(model)
         self.batch_size = 64 if batch_size is None else positive_int(batch_size, "batch_size")
         self.images = self.backend.to_numpy(images)
@@ -42,9 +45,10 @@ class ScoredImages:
         self.maps = as_maps(maps, self.pixels.shape[1:3])
         if len(self.maps) != len(self.images):
             raise ValueError(f"got {len(self.maps)} maps for {len(self.images)} images")
-        logits = self.backend.predict(model, self.images, batch_size=self.batch_size)
-        self.targets = class_targets(target, logits)
-        self.clean = target_scores(logits, self.targets, score)
+        outputs = model_outputs(self.backend, model, self.images, target, self.batch_size)
+        n_images = len(self.images)
+        self.targets = np.full(n_images, TOP1, dtype=np.int64) if callable(target) else class_targets(target, outputs)
+        self.clean = copy_scores(outputs, target, self.targets, np.arange(n_images), score)
 
     def as_pixels(self, values: float | np.ndarray) -> np.ndarray:
         """A scalar or an array in the images' layout, broadcast to the images, as an ``(N, H, W, C)`` view."""
@@ -70,8 +74,8 @@ class ScoredImages:
                 fill(view[i], int(row) // copies_per_image, int(row) % copies_per_image)
 
         def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            logits = self.backend.predict(self.model, batch)
-            return target_scores(logits, self.targets[rows // copies_per_image], self.score)
+            outputs = model_outputs(self.backend, self.model, batch, self.target)
+            return copy_scores(outputs, self.target, self.targets, rows // copies_per_image, self.score)
 
         rows = n_images * copies_per_image
         scores = run_in_batches(rows, self.batch_size, self.images.shape[1:], fill_batch, forward)

@@ -11,6 +11,7 @@ float32, written for throughput, tested against these in every backend (``tests/
 from gradcam.reference.cams import (
     GRAD_CAM_PP_VARIANTS,
     cam,
+    channel_contributions,
     counterfactual_grad_cam,
     eigen_cam,
     grad_cam,
@@ -31,7 +32,7 @@ from gradcam.reference.cams import (
 )
 from gradcam.reference.colour import COLORMAPS, colormap, gradient_image, overlay
 from gradcam.reference.localization import bounding_box, box_iou, pointing_game_hit
-from gradcam.reference.postprocess import bilinear_matrix, bilinear_taps, normalize, upsample
+from gradcam.reference.postprocess import bilinear_matrix, bilinear_taps, normalize, normalize_signed, upsample
 from gradcam.reference.relu_rules import RULES, relu_backward
 from gradcam.reference.scores import SCORES, softmax, target_scores
 
@@ -44,6 +45,7 @@ __all__ = [
     "bounding_box",
     "box_iou",
     "cam",
+    "channel_contributions",
     "colormap",
     "counterfactual_grad_cam",
     "eigen_cam",
@@ -58,6 +60,7 @@ __all__ = [
     "hires_cam",
     "layer_cam",
     "normalize",
+    "normalize_signed",
     "overlay",
     "pointing_game_hit",
     "relu",

@@ -37,6 +37,25 @@ def weighted_map(A: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return relu(np.einsum("nk,nk...->n...", weights, A)).astype(np.float32)
 
 
+def channel_contributions(A: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``C_k = w_k A_k``: each channel's part of the weighted sum, ``sum_k C_k = sum_k w_k A_k`` (the map before its
+    ReLU), ``(N, K, h, w)`` float32. Positive where channel ``k`` raises the score there, negative where it lowers it.
+
+    Parameters
+    ----------
+    A : (N, K, h, w) activations.
+    weights : (N, K) one weight per channel and image, or (N, K, h, w) one per position (LayerCAM's ``ReLU(G)``,
+        HiResCAM's ``G``).
+    """
+    A = as_layer_maps(A, "A (activations)")
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape == A.shape[:2]:
+        weights = weights.reshape(*weights.shape, *(1,) * (A.ndim - 2))
+    elif weights.shape != A.shape:
+        raise ValueError(f"weights must have shape (N, K) = {A.shape[:2]} or that of A {A.shape}, got {weights.shape}")
+    return (weights * A).astype(np.float32)
+
+
 def grad_cam_weights(G: np.ndarray) -> np.ndarray:
     """Grad-CAM channel weights, global average pooling of the gradients (Selvaraju et al., eq. 1).
 

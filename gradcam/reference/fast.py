@@ -45,17 +45,20 @@ def _chunks(n: int, per_image: int) -> Iterator[slice]:
 
 
 def _flat(array: np.ndarray) -> np.ndarray:
-    """``(N, K, h, w)`` as float32 ``(N, K, h*w)``, without a copy when it already is float32."""
+    """``(N, K, *grid)`` (a grid of 1 to 3 axes: ``(N, K, h, w)`` for images) as float32 ``(N, K, cells)``, without
+    a copy when it already is float32."""
     array = np.asarray(array, dtype=np.float32)
-    if array.ndim != 4:
-        raise ValueError(f"expected shape (N, K, h, w), got {array.ndim}-D shape {array.shape}")
+    if not 3 <= array.ndim <= 5:
+        raise ValueError(
+            f"expected shape (N, K, h, w) (or (N, K, l), (N, K, d, h, w)), got {array.ndim}-D shape {array.shape}"
+        )
     return array.reshape(*array.shape[:2], -1)
 
 
 def _pair(A: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     A, G = np.asarray(A), np.asarray(G)
     if A.shape != G.shape:
-        raise ValueError(f"A and G must have the same shape (N, K, h, w), got {A.shape} and {G.shape}")
+        raise ValueError(f"A and G must have the same shape (N, K, *grid), got {A.shape} and {G.shape}")
     return _flat(A), _flat(G)
 
 
@@ -79,7 +82,7 @@ def _zeros_like_one(array: np.ndarray) -> np.ndarray:
 
 
 def weighted_map(A: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``L = ReLU(sum_k w_k A_k)`` (``cams.weighted_map``): ``(N, K, h, w)``, ``(N, K)`` -> ``(N, h, w)``."""
+    """``L = ReLU(sum_k w_k A_k)`` (``cams.weighted_map``): ``(N, K, *grid)``, ``(N, K)`` -> ``(N, *grid)``."""
     A = np.asarray(A)
     flat = _flat(A)
     weights = np.asarray(weights, dtype=np.float32)
@@ -165,7 +168,7 @@ def xgrad_cam_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
 
 
 def hires_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """HiResCAM's ``L = ReLU(sum_k G_k * A_k)`` (``cams.hires_cam``), ``(N, h, w)``."""
+    """HiResCAM's ``L = ReLU(sum_k G_k * A_k)`` (``cams.hires_cam``), ``(N, *grid)``."""
     shape = np.shape(A)
     A, G = _pair(A, G)
     maps = np.einsum("nkp,nkp->np", G, A)
@@ -173,7 +176,7 @@ def hires_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
 
 
 def layer_cam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """LayerCAM's ``L = ReLU(sum_k ReLU(G_k) * A_k)`` (``cams.layer_cam``), ``(N, h, w)``."""
+    """LayerCAM's ``L = ReLU(sum_k ReLU(G_k) * A_k)`` (``cams.layer_cam``), ``(N, *grid)``."""
     shape = np.shape(A)
     A, G = _pair(A, G)
     maps = np.empty((len(G), G.shape[2]), np.float32)
@@ -247,13 +250,15 @@ def upsample_normalized(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def normalize(maps: np.ndarray) -> np.ndarray:
-    """``(m - min) / (max - min)`` per map over the last two axes (``postprocess.normalize``), float32."""
+def normalize(maps: np.ndarray, grid: int = 2) -> np.ndarray:
+    """``(m - min) / (max - min)`` per map over the last ``grid`` axes (``postprocess.normalize``: 2 for images,
+    1 for signals, 3 for volumes), float32; a flat map becomes zeros."""
     maps = np.array(maps, dtype=np.float32)
-    if maps.ndim < 2:
-        raise ValueError(f"maps must have shape (..., H, W), got shape {maps.shape}")
-    low = maps.min(axis=(-2, -1), keepdims=True)
-    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    if not 1 <= grid <= 3 or maps.ndim < grid:
+        raise ValueError(f"maps must have at least {grid} axes (the grid), got shape {maps.shape}")
+    axes = tuple(range(-grid, 0))
+    low = maps.min(axis=axes, keepdims=True)
+    span = maps.max(axis=axes, keepdims=True) - low
     span[span == 0] = 1.0
     maps -= low
     maps /= span

@@ -81,6 +81,16 @@ def normalize(maps: np.ndarray, grid: int = 2) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def normalize_signed(maps: np.ndarray, grid: int = 2) -> np.ndarray:
+    """Per map, ``m / max |m|`` over the last ``grid`` axes: a signed map in [-1, 1] whose zero stays 0 (a
+    min-max normalization would move it); an all-zero map stays zeros."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if not 1 <= grid <= 3 or maps.ndim < grid:
+        raise ValueError(f"maps must have at least {grid} axes (the grid), got shape {maps.shape}")
+    peak = np.abs(maps).max(axis=tuple(range(-grid, 0)), keepdims=True)
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0).astype(np.float32)
+
+
 UPSAMPLE_MODES = ("bilinear", "nearest", "bicubic")
 BICUBIC_A = -0.5
 

@@ -1,23 +1,28 @@
 """Input-gradient maps: vanilla saliency (Simonyan et al., 2014) and SmoothGrad (Smilkov et al., 2017).
 
 The gradients ``g = d y_c / d x`` arrive channels first, ``(N, C, H, W)`` for one pass or ``(T, N, C, H, W)`` for
-``T`` noisy copies of each image, from any backend's ``input_gradient``.
+``T`` noisy copies of each image, from any backend's ``input_gradient``. Signals ``(N, C, L)`` and volumes
+``(N, C, D, H, W)`` are read alike: the maps are then ``(N, L)`` and ``(N, D, H, W)``.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from gradcam.reference.checks import as_layer_maps
+
 SMOOTH_GRAD_VARIANTS = ("abs", "signed", "square")
 
 
-def _gradients(g: np.ndarray, ndim: int, shape: str) -> np.ndarray:
-    g = np.asarray(g, dtype=np.float64)
-    if g.ndim != ndim:
-        raise ValueError(f"gradients must have shape {shape}, got {g.ndim}-D shape {g.shape}")
+def _gradients(g: np.ndarray, leading: int, grid: int, shape: str) -> np.ndarray:
+    """``g`` as float64 with ``leading`` axes before a grid of ``grid`` axes (1 to 3), or a ValueError naming
+    ``shape``."""
+    g = as_layer_maps(g, "gradients", leading=leading, expected=shape)
+    if g.ndim != leading + grid:
+        raise ValueError(f"gradients must have shape {shape} with a {grid}-axis grid, got shape {g.shape}")
     return g
 
 
-def saliency(g: np.ndarray) -> np.ndarray:
+def saliency(g: np.ndarray, grid: int = 2) -> np.ndarray:
     """Simonyan et al. 2014, section 3.1: ``M_ij = max_c |g_cij|`` per image, ``g = d y_c / d x``.
 
     Equals captum's ``Saliency(model).attribute(x, target, abs=True)`` reduced by a maximum over the colour
@@ -25,17 +30,18 @@ def saliency(g: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    g : (N, C, H, W) input gradients.
+    g : (N, C, H, W) input gradients (``(N, C, *grid)``).
+    grid : the number of the input's grid axes: 2 for images, 1 for signals, 3 for volumes.
 
     Returns
     -------
-    (N, H, W) float32.
+    (N, H, W) float32 (``(N, *grid)``).
     """
-    g = _gradients(g, 4, "(N, C, H, W)")
+    g = _gradients(g, 2, grid, "(N, C, H, W)")
     return np.abs(g).max(axis=1).astype(np.float32)
 
 
-def smooth_grad(g: np.ndarray, variant: str = "abs") -> np.ndarray:
+def smooth_grad(g: np.ndarray, variant: str = "abs", grid: int = 2) -> np.ndarray:
     """SmoothGrad (Smilkov et al. 2017, eq. 3): a sensitivity map averaged over ``T`` noisy copies
     ``x + N(0, sigma^2)`` of each image, ``M_hat = (1/T) sum_t M(x + noise_t)``, with ``g_t`` the copies' gradients:
 
@@ -52,14 +58,15 @@ def smooth_grad(g: np.ndarray, variant: str = "abs") -> np.ndarray:
 
     Parameters
     ----------
-    g : (T, N, C, H, W) gradients of the noisy copies.
+    g : (T, N, C, H, W) gradients of the noisy copies (``(T, N, C, *grid)``).
     variant : ``"abs"``, ``"signed"`` or ``"square"``.
+    grid : the number of the input's grid axes: 2 for images, 1 for signals, 3 for volumes.
 
     Returns
     -------
-    (N, H, W) float32.
+    (N, H, W) float32 (``(N, *grid)``).
     """
-    g = _gradients(g, 5, "(T, N, C, H, W)")
+    g = _gradients(g, 3, grid, "(T, N, C, H, W)")
     if variant == "abs":
         smoothed = np.abs(g).max(axis=2).mean(axis=0)
     elif variant == "signed":

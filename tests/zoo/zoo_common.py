@@ -96,11 +96,14 @@ def check_grad_cam(name: str, case: Case, model: Any, x: Any, hand: np.ndarray, 
 
 
 # the refusals a method states instead of drawing a wrong map: CAM on another head, a class-scoring method
-# (Score-CAM and its variants, Ablation-CAM, Occlusion, Finer-CAM) given a target function
+# (Score-CAM and its variants, Ablation-CAM, Occlusion) given a target function in torch-only operations or a
+# model whose outputs are not one array, Finer-CAM given a target function
 REFUSALS = (
     "CAM needs the layer to be followed by global average pooling",
-    "scores classes of the model's (N, classes) output; a target function is not supported",
+    "call a target function with the model's outputs as one NumPy array",
     "Finer-CAM compares class scores; give target= a class index (or None), not a function",
+    # FullGrad on a Keras layer that applies its own non-linear activation after its bias (EfficientNet's swish)
+    "after its bias, so the gradient at its output is not the gradient at its bias",
 )
 
 

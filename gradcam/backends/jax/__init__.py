@@ -106,7 +106,7 @@ def layer_shapes(model: Any, x: Any) -> list[tuple[str, tuple[int, ...]]]:
     children) at its last call; outputs that are not one array are left out.
     """
     jm = as_model(model)
-    calls = trace(structure_of(jm), variables_of(jm), _as_batch(x)).calls
+    calls = trace(structure_of(jm), variables_of(jm), _as_batch(jm, x)).calls
     return [(name, call.shape) for name, call in calls.items() if call.shape is not None]
 
 
@@ -137,7 +137,7 @@ def layer_choice(model: Any, x: Any) -> choice.LayerChoice:
     the chosen layer is then the very one a method runs on ``x`` (compiling costs more than computing).
     """
     jm = as_model(model)
-    sample = _as_batch(x)
+    sample = _as_batch(jm, x)
     native = _native(jm.channel_axis)
     weighted = set(variable_paths(jm)) if not isinstance(jm, JaxModel) else {FEATURES}
     modules = nnx.module_paths(jm.module) if isinstance(jm, NnxModel) else {}
@@ -180,7 +180,7 @@ def predict(model: Any, x: Any, batch_size: int | None = None) -> np.ndarray:
     to full size (and the padding dropped) so that one compiled shape serves every chunk.
     """
     jm = as_model(model)
-    batch = _as_batch(x)
+    batch = _as_batch(jm, x)
     structure, variables = structure_of(jm), variables_of(jm)
     compiled = CACHE.get(("predict", structure), lambda: jax.jit(lambda v, xb: forward(structure, v, xb)))
 
@@ -230,7 +230,7 @@ def probe(
         An unknown or ambiguous layer name (naming the closest ones).
     """
     jm = as_model(model)
-    batch = _as_batch(x)
+    batch = _as_batch(jm, x)
     specs = common.required_layers(layers)
     names = resolve_layers(jm, batch, specs)
     result = run(jm, batch, names, "plain", False, target)
@@ -248,7 +248,8 @@ def input_gradient(
     layers: Any = None,
     reshape: common.Reshape | None = None,
 ) -> InputGradient:
-    """``d y / d x`` as ``(N, C, H, W)`` float32, with the ReLU backward given by ``rule``.
+    """``d y / d x`` as ``(N, C, *grid)`` float32 (``(N, C, H, W)`` for images), with the ReLU backward given by
+    ``rule``.
 
     ``rule``: ``"plain"``; ``"guided"`` (Guided Backprop: a ReLU passes the gradient only where its
     input > 0 AND the incoming gradient > 0); ``"deconvnet"`` (only where the incoming gradient > 0).
@@ -259,7 +260,7 @@ def input_gradient(
     """
     common.check_rule(rule)
     jm = as_model(model)
-    batch = _as_batch(x)
+    batch = _as_batch(jm, x)
     names = resolve_layers(jm, batch, common.layer_list(layers))
     result = run(jm, batch, names, rule, True, target)
     return InputGradient(
@@ -281,7 +282,7 @@ def predict_ablated(model: Any, x: Any, layer: Any, channels: Any, reshape: comm
     layer that runs more than once in one forward is refused: which of its calls to ablate would be a guess.
     """
     jm = as_model(model)
-    batch = _as_batch(x)
+    batch = _as_batch(jm, x)
     (name,) = resolve_layers(jm, batch, [layer])
     structure = structure_of(jm)
     call = trace(structure, variables_of(jm), batch).calls[name]
@@ -329,7 +330,8 @@ def layer_biases(model: Any, x: Any) -> list[tuple[str, np.ndarray]]:
     (``use_running_average=False``) has no fixed bias and is refused, as is a ``(features, head)`` pair, whose
     layers are hidden inside functions.
     """
-    return biases.layer_biases(as_model(model), _as_batch(x))
+    jm = as_model(model)
+    return biases.layer_biases(jm, _as_batch(jm, x))
 
 
 def _trace_count(model: Any) -> int:
@@ -337,8 +339,25 @@ def _trace_count(model: Any) -> int:
     return trace_count(structure_of(as_model(model)))
 
 
-def _as_batch(x: Any) -> np.ndarray:
-    return common.checked_batch(to_numpy(x), LAYOUT)
+def _as_batch(jm: AnyModel, x: Any) -> np.ndarray:
+    grid = _model_grid(jm)
+    return common.checked_batch(to_numpy(x), common.input_layout(grid, jm.channel_axis), grid)
+
+
+def _model_grid(jm: AnyModel) -> int | None:
+    """The number of grid axes of the model's input, read from its first convolution kernel (a variable
+    ``kernel`` of 3 to 5 dimensions under a module named like a convolution: ``(*window, C_in, C_out)``);
+    ``None`` when there is none (functions, or modules named otherwise): any grid of 1 to 3 axes is taken.
+
+    The name is asked for because attention's ``DenseGeneral`` kernels have 3 dimensions too."""
+    variables = variables_of(jm)
+    if variables is None:
+        return None
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        where = jax.tree_util.keystr(path).lower()
+        if "conv" in where and where.endswith("['kernel']") and 3 <= np.ndim(leaf) <= 5:
+            return np.ndim(leaf) - 2
+    return None
 
 
 def _make_probe(
@@ -367,7 +386,7 @@ def _make_probe(
 
 
 def _native(channel_axis: int) -> str:
-    return "NHWC" if channel_axis in (-1, 3) else "NCHW"
+    return "NCHW" if channel_axis == 1 else "NHWC"
 
 
 def _dependence_score(outputs: Any) -> jax.Array:
@@ -381,6 +400,5 @@ def _spatial_axes(ndim: int, channel_axis: int) -> list[int]:
     return [axis for axis in range(1, ndim) if axis != channel]
 
 
-def _spatial_size(shape: tuple[int, ...], channel_axis: int) -> tuple[int, int]:
-    h, w = (shape[axis] for axis in _spatial_axes(len(shape), channel_axis))
-    return int(h), int(w)
+def _spatial_size(shape: tuple[int, ...], channel_axis: int) -> tuple[int, ...]:
+    return tuple(int(shape[axis]) for axis in _spatial_axes(len(shape), channel_axis))

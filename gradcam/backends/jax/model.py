@@ -304,10 +304,11 @@ def ablated_forward(structure: Structure, name: str, axis: int, first: int) -> C
             if layer != name:
                 return output
             dropped = jax.nn.one_hot(channels, output.shape[axis], dtype=output.dtype)  # (N, K)
-            if output.ndim == 3:
+            if output.ndim == 3 and axis == -1:
                 patches = (jnp.arange(output.shape[1]) >= first).astype(output.dtype)
                 return output * (1 - dropped[:, None, :] * patches[None, :, None])
-            return output * jnp.moveaxis(1 - dropped[:, None, None, :], -1, axis)
+            kept = (1 - dropped).reshape(dropped.shape[0], *[1] * (output.ndim - 2), dropped.shape[1])
+            return output * jnp.moveaxis(kept, -1, axis)
 
         return forward(structure, variables, x, ablate)
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 from gradcam.backends import choice, common, layouts
 from gradcam.backends.probe import InputGradient, Probe
 from gradcam.backends.tensorflow import graphs
-from gradcam.backends.tensorflow.explained import explained_model
+from gradcam.backends.tensorflow.explained import Explained, explained_model
 from gradcam.backends.tensorflow.layers import channel_axis, layer_paths, reporting_calls, resolve_layers
 
 __all__ = [
@@ -94,7 +94,7 @@ def layer_shapes(model: keras.Model, x: Any) -> list[tuple[str, tuple[int, ...]]
     layers) at its last call; layers whose output is not one tensor are left out.
     """
     _require_model(model)
-    return _recorded_shapes(model, _as_batch(x))[0]
+    return _recorded_shapes(model, _as_batch(model, x))[0]
 
 
 def _recorded_shapes(
@@ -123,7 +123,7 @@ def layer_choice(model: keras.Model, x: Any) -> choice.LayerChoice:
     layer is then the very one a method runs on ``x`` (compiling costs more than computing).
     """
     _require_model(model)
-    sample = _as_batch(x)
+    sample = _as_batch(model, x)
     paths = layer_paths(model)
     shapes, output_shape = _recorded_shapes(model, sample)
     infos = [
@@ -162,7 +162,7 @@ def predict(model: keras.Model, x: Any, batch_size: int | None = None) -> np.nda
     to full size (and the padding dropped) so that one compiled shape serves every chunk.
     """
     _require_model(model)
-    batch = _as_batch(x)
+    batch = _as_batch(model, x)
     forward = graphs.compiled(model, ("predict",), lambda: graphs.ForwardGraph(model))
     return common.predict_in_chunks(lambda chunk: forward(tf.constant(chunk)).numpy(), batch, batch_size, pad=True)
 
@@ -181,7 +181,8 @@ def probe(
     model
         A Keras 3 model, run with ``training=False``.
     x
-        ``(N, H, W, C)`` NumPy array or ``tf.Tensor`` (the model's own layout).
+        ``(N, H, W, C)`` NumPy array or ``tf.Tensor`` (the model's own layout; signals ``(N, L, C)``, volumes and
+        clips ``(N, D, H, W, C)``).
     layers
         A layer name, a ``"submodel/layer"`` path (or a layer name that is unique among the nested ones),
         a layer object of the model, or a non-empty list of them; ``default_layer(model, x)`` gives the default.
@@ -204,7 +205,7 @@ def probe(
         A layer that did not run, or that the score does not depend on.
     """
     _require_model(model)
-    batch = _as_batch(x)
+    batch = _as_batch(model, x)
     specs = common.required_layers(layers)
     resolved = resolve_layers(model, specs)
     result = graphs.run_probe(model, batch, list(resolved), "plain", False, target)
@@ -222,7 +223,8 @@ def input_gradient(
     layers: Any = None,
     reshape: common.Reshape | None = None,
 ) -> InputGradient:
-    """``d y / d x`` as ``(N, C, H, W)`` float32, with the ReLU backward given by ``rule``.
+    """``d y / d x`` as ``(N, C, *grid)`` float32 (``(N, C, H, W)`` for images), with the ReLU backward given by
+    ``rule``.
 
     Parameters
     ----------
@@ -246,7 +248,7 @@ def input_gradient(
     """
     common.check_rule(rule)
     _require_model(model)
-    batch = _as_batch(x)
+    batch = _as_batch(model, x)
     resolved = resolve_layers(model, common.layer_list(layers))
     result = graphs.run_probe(model, batch, list(resolved), rule, True, target)
     return InputGradient(
@@ -270,7 +272,7 @@ def predict_ablated(
     layer that runs more than once in one forward is refused: which of its calls to ablate would be a guess.
     """
     _require_model(model)
-    batch = _as_batch(x)
+    batch = _as_batch(model, x)
     ((name, _),) = resolve_layers(model, [layer]).items()
     chosen = np.asarray(channels, dtype=np.int64).reshape(-1)
     if chosen.shape != (batch.shape[0],):
@@ -323,12 +325,14 @@ def layer_biases(model: keras.Model, x: Any) -> list[tuple[str, np.ndarray]]:
         last (channels-last) axis.
     """
     _require_model(model)
+    # the final softmax or sigmoid that the explained model takes off (``explained``) is the identity in its calls
+    final = getattr(model, "final", None) if isinstance(model, Explained) else None
     found = []
     for name, layer in layer_paths(model).items():
         if isinstance(layer, keras.layers.BatchNormalization):
             found.append((name, _batch_norm_bias(name, layer)))
         elif isinstance(layer, _BIASED) and getattr(layer, "use_bias", False):
-            activation = getattr(layer, "activation", None)
+            activation = None if layer is final else getattr(layer, "activation", None)
             if activation is not None and activation is not keras.activations.linear:
                 raise ValueError(
                     f"layer {name!r} applies the activation {getattr(activation, '__name__', activation)!r} after "
@@ -382,9 +386,10 @@ def _native(layer: keras.layers.Layer) -> str:
     return "NHWC" if channel_axis(layer) == -1 else "NCHW"
 
 
-def _input_size(model: keras.Model, batch: np.ndarray) -> tuple[int, int]:
-    h, w = batch.shape[1:3] if input_channel_axis(model) == -1 else batch.shape[2:4]
-    return int(h), int(w)
+def _input_size(model: keras.Model, batch: np.ndarray) -> tuple[int, ...]:
+    """The grid of the batch: ``(H, W)`` for images, ``(L,)`` for signals, ``(D, H, W)`` for volumes."""
+    grid = batch.shape[1:-1] if input_channel_axis(model) == -1 else batch.shape[2:]
+    return tuple(int(v) for v in grid)
 
 
 def _dependence_score(outputs: Any) -> tf.Tensor:
@@ -400,5 +405,16 @@ def _require_model(model: Any) -> None:
         )
 
 
-def _as_batch(x: Any) -> np.ndarray:
-    return common.checked_batch(to_numpy(x), _LAYOUT)
+def _as_batch(model: keras.Model, x: Any) -> np.ndarray:
+    grid = _model_grid(model)
+    return common.checked_batch(to_numpy(x), common.input_layout(grid, input_channel_axis(model)), grid)
+
+
+def _model_grid(model: keras.Model) -> int | None:
+    """The number of grid axes of the model's declared input (``None`` when it declares none, as a subclassed
+    model before its first call): 1 for signals, 2 for images, 3 for volumes."""
+    try:
+        shape = model.inputs[0].shape
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return len(shape) - 2 if 3 <= len(shape) <= 5 else None

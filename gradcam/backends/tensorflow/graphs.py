@@ -123,7 +123,7 @@ class AblatedGraph:
     """``(x, channels) -> outputs`` (float32) with one channel per image of one layer's output zeroed; the channel
     axis (and, for tokens, the first patch token) from the layer's layout, named or inferred at trace time."""
 
-    def __init__(self, model: keras.Model, name: str, reshape: common.Reshape | None, input_size: tuple[int, int]):
+    def __init__(self, model: keras.Model, name: str, reshape: common.Reshape | None, input_size: tuple[int, ...]):
         self.model_ref = weakref.ref(model)
         self.name = name
         self.reshape = reshape
@@ -142,10 +142,11 @@ class AblatedGraph:
             shape = tuple(int(d) for d in output.shape)
             axis, first = common.ablation_axis(self.name, shape, self.reshape, native, self.input_size, shape[0])
             keep = 1 - tf.one_hot(channels, shape[axis], dtype=output.dtype)  # (N, K)
-            if len(shape) == 3:
+            if len(shape) == 3 and axis == -1:
                 patches = tf.cast(tf.range(shape[1]) >= first, output.dtype)  # special tokens keep every channel
                 return output * (1 - (1 - keep)[:, None, :] * patches[None, :, None])
-            keep = keep[:, None, None, :] if axis == -1 else keep[:, :, None, None]
+            grid = [1] * (len(shape) - 2)
+            keep = tf.reshape(keep, [-1, *grid, shape[axis]] if axis == -1 else [-1, shape[axis], *grid])
             return output * keep
 
         with reporting_calls({self.name: layer}, ablate):

@@ -28,7 +28,14 @@ from gradcam.backends import choice, common, layouts
 from gradcam.backends.probe import InputGradient, Probe
 from gradcam.backends.torch.capture import Capture, forward_capturing, is_training, left_as_found, parameters_frozen
 from gradcam.backends.torch.guided import ReluRule
-from gradcam.backends.torch.inputs import as_batch, host_array, require_module, resolve_layer, resolve_layers
+from gradcam.backends.torch.inputs import (
+    as_batch,
+    grid_size,
+    host_array,
+    require_module,
+    resolve_layer,
+    resolve_layers,
+)
 from gradcam.backends.torch.wrappers import dependence_score, explained_model
 
 __all__ = [
@@ -150,7 +157,7 @@ def layer_choice(model: torch.nn.Module, x: Any) -> choice.LayerChoice:
             return False
         return bool(np.any(found.gradients[name] != 0))
 
-    size = (int(xt.shape[-2]), int(xt.shape[-1]))
+    size = grid_size(xt)
     return choice.choose(infos, size, int(sample.shape[0]), depends, output_shape)
 
 
@@ -252,7 +259,7 @@ def predict_ablated(
     if chosen.shape[0] != xt.shape[0]:
         raise ValueError(f"got {chosen.shape[0]} channels for a batch of {xt.shape[0]} images; give one per image")
     rows = torch.nonzero(chosen >= 0).flatten()
-    size = (int(xt.shape[-2]), int(xt.shape[-1]))
+    size = grid_size(xt)
     calls = []
 
     def zero_channels(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -268,6 +275,11 @@ def predict_ablated(
     with left_as_found(model) as hooks, torch.no_grad():
         hooks.append(module.register_forward_hook(zero_channels))
         out = model(xt)
+    if not torch.is_tensor(out):
+        raise TypeError(
+            f"the model returned a {type(out).__name__}, not a tensor; predict_ablated needs a model whose output "
+            "is one tensor (wrap it to select the output)"
+        )
     return host_array(out)
 
 
@@ -285,7 +297,8 @@ def probe(
     model
         Any ``torch.nn.Module``, explained in the train/eval mode it is in.
     x
-        ``(N, C, H, W)`` tensor (any device) or NumPy array; moved to the model's device and dtype.
+        ``(N, C, H, W)`` tensor (any device) or NumPy array (signals ``(N, C, L)``, volumes and clips
+        ``(N, C, D, H, W)``); moved to the model's device and dtype.
     layers
         A dotted name (``"layer4"``, ``"layer4.1.conv2"``), a module of the model, or a non-empty
         list of them; ``default_layer(model, x)`` gives the default.
@@ -329,7 +342,7 @@ def input_gradient(
     layers: Any = None,
     reshape: common.Reshape | None = None,
 ) -> InputGradient:
-    """``d y / d x`` ``(N, C, H, W)`` float32, with the ReLU backward given by ``rule``.
+    """``d y / d x`` ``(N, C, H, W)`` float32 (``(N, C, *grid)``), with the ReLU backward given by ``rule``.
 
     ``rule``: ``"plain"`` (ordinary gradient); ``"guided"`` (Guided Backprop: a ReLU passes the
     gradient only where its input > 0 AND the incoming gradient > 0); ``"deconvnet"`` (only where
@@ -419,7 +432,7 @@ def _make_probe(
     reshape: common.Reshape | None,
 ) -> Probe:
     names = capture.names
-    size, n = (int(xt.shape[-2]), int(xt.shape[-1])), int(xt.shape[0])
+    size, n = grid_size(xt), int(xt.shape[0])
     activations, layer_gradients, read_as = {}, {}, {}
     for name, tensor, gradient in zip(names, capture.tensors(), gradients, strict=True):
         activations[name], read_as[name] = common.read_map(name, host_array(tensor), reshape, "NCHW", size, n)

@@ -43,7 +43,8 @@ def resolve_layer(model: torch.nn.Module, spec: Any) -> tuple[str, torch.nn.Modu
 
 
 def as_batch(model: torch.nn.Module, x: Any) -> torch.Tensor:
-    """``x`` as a checked ``(N, C, H, W)`` tensor on the model's device, in its parameter dtype."""
+    """``x`` as a checked ``(N, C, *grid)`` tensor on the model's device, in its parameter dtype: ``(N, C, H, W)``
+    images, ``(N, C, L)`` signals, ``(N, C, D, H, W)`` volumes, as the model's first convolution takes."""
     device, dtype = placement(model, x)
     if torch.is_tensor(x):
         xt = x.detach()
@@ -55,10 +56,26 @@ def as_batch(model: torch.nn.Module, x: Any) -> torch.Tensor:
     xt = xt.to(device=device, dtype=dtype)
     # a finite sum proves every value finite (NaN and infinities propagate into it) at a fraction of the cost
     # of an elementwise check; only a sum that overflowed needs the full check
-    if xt.ndim != 4 or not (bool(torch.isfinite(xt.sum())) or bool(torch.isfinite(xt).all())):
+    grid = model_grid(model)
+    ranks = (grid + 2,) if grid else (3, 4, 5)
+    if xt.ndim not in ranks or not (bool(torch.isfinite(xt.sum())) or bool(torch.isfinite(xt).all())):
         # only on failure is the input copied to the host, for the shared message
-        common.checked_batch(host_array(xt), "N, C, H, W")
+        common.checked_batch(host_array(xt), common.input_layout(grid, 1), grid)
     return xt
+
+
+def grid_size(xt: torch.Tensor) -> tuple[int, ...]:
+    """The grid of a channels-first batch ``(N, C, *grid)``: ``(H, W)``, ``(L,)`` or ``(D, H, W)``."""
+    return tuple(int(v) for v in xt.shape[2:])
+
+
+def model_grid(model: torch.nn.Module) -> int | None:
+    """The number of grid axes the model's input has, read from its first convolution (1 for ``Conv1d``, 2 for
+    ``Conv2d``, 3 for ``Conv3d``); ``None`` for a model without one (any grid of 1 to 3 axes is taken)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            return len(module.kernel_size)
+    return None
 
 
 def placement(model: torch.nn.Module, x: Any) -> tuple[torch.device, torch.dtype]:
