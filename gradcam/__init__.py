@@ -48,7 +48,7 @@ from gradcam.methods import (
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
-from gradcam.targets import BoxScore, ClassScore, EmbeddingSimilarity, SegmentationRegion
+from gradcam.targets import BoxScore, ClassScore, EmbeddingSimilarity, Neuron, SegmentationRegion
 
 __version__ = "0.1.0"
 
@@ -80,6 +80,7 @@ __all__ = [
     "LayerCAM",
     "METHODS",
     "Method",
+    "Neuron",
     "NoReluWarning",
     "Occlusion",
     "ProbabilityWarning",

@@ -20,6 +20,10 @@ of: the forward-only methods score rows that mix copies of several images. ``Sco
 target for such a batch. A plain callable gets, there, NumPy arrays of as many rows as the explained batch, row
 ``n`` a copy of image ``n`` (``copy_scores``), so a callable written for the batch (a mask or a class per image)
 scores every copy with its own image's part.
+
+``Neuron`` is the one target not of the model's outputs: a unit of an internal layer, which the gradient methods'
+backends capture in the same forward and score (``Neuron.layer_score``); the forward-only methods and the
+metrics, which see only outputs, refuse it.
 """
 from __future__ import annotations
 
@@ -266,6 +270,71 @@ class EmbeddingSimilarity(ScoreTarget):
 
     def for_images(self, images: np.ndarray) -> EmbeddingSimilarity:
         return self if self.unit.ndim == 1 else EmbeddingSimilarity(self.unit[images])
+
+
+class Neuron(ScoreTarget):
+    """The activation of one unit of an internal layer (feature visualisation's neuron objective), for the
+    gradient methods: ``s_n = A_{n, k, p}`` at grid position ``p``, or with no position its mean over the grid,
+    ``s_n = (1 / Z) sum_p A_{n, k, p}``, of the layer's output ``A`` (``(N, K, *grid)`` channels first; a Keras or
+    Flax layer's channels-last output alike); a dense layer's ``(N, K)`` output has only its unit ``k``.
+
+    ``layer``: the layer's name as the backend takes it; ``channel``: ``k``; ``position``: ``p``, one index per
+    grid axis in the layer's order (``(row, column)``), or ``None``.
+
+    The backend captures ``layer`` in the same forward and scores its output (``layer_score``); the map of an
+    explained layer before it then shows where the input raises that unit. The forward-only methods (Score-CAM,
+    Ablation-CAM, occlusion) and the metrics see only the model's outputs, so calling a ``Neuron`` on outputs is an
+    error.
+    """
+
+    def __init__(self, layer: Any, channel: int, position: Sequence[int] | None = None) -> None:
+        if isinstance(channel, bool) or int(channel) != channel or channel < 0:
+            raise ValueError(f"channel must be a non-negative integer, got {channel!r}")
+        if position is not None and (
+            len(position) == 0 or any(isinstance(i, bool) or int(i) != i or i < 0 for i in position)
+        ):
+            raise ValueError(f"position must be None or one non-negative integer per grid axis, got {position!r}")
+        self.layer, self.channel = layer, int(channel)
+        self.position = None if position is None else tuple(int(i) for i in position)
+
+    def layer_score(self, activation: Any, channel_axis: int) -> Any:
+        """``(N,)`` scores from the layer's output ``activation`` (an array of its framework, in the gradient's
+        graph), whose channels lie on ``channel_axis`` (1 or -1)."""
+        shape = tuple(int(d) for d in activation.shape)
+        axis = channel_axis % len(shape)
+        if len(shape) < 2 or not self.channel < shape[axis]:
+            raise ValueError(
+                f"Neuron: layer {self.layer!r} has output shape {shape}, with no channel {self.channel} on axis {axis}"
+            )
+        unit = activation[(slice(None),) * axis + (self.channel,)]  # (N, *grid)
+        grid = shape[1:axis] + shape[axis + 1 :]
+        if self.position is None and not grid:
+            return unit
+        if self.position is None:
+            return _sum(unit, tuple(range(1, len(grid) + 1))) / float(np.prod(grid))
+        if len(self.position) != len(grid) or any(i >= n for i, n in zip(self.position, grid, strict=True)):
+            raise ValueError(f"Neuron: position {self.position} is not in layer {self.layer!r}'s grid {grid}")
+        return unit[(slice(None), *self.position)]
+
+    def __call__(self, outputs: Any) -> Any:
+        raise ValueError(
+            f"a Neuron target scores layer {self.layer!r} inside the model, which only the gradient methods capture "
+            "(Grad-CAM, Grad-CAM++, LayerCAM, ... with the torch, Keras or JAX backend); the forward-only methods "
+            "(Score-CAM, Ablation-CAM, occlusion) and the metrics see the model's outputs only"
+        )
+
+    def __repr__(self) -> str:
+        return f"Neuron({self.layer!r}, {self.channel}, position={self.position})"
+
+    # equal neurons are one target: the compiled probes, cached by target, are then reused rather than traced again
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Neuron) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.layer if isinstance(self.layer, str) else id(self.layer), self.channel, self.position)
 
 
 def _check_rows(per_image: Any, outputs: Any, what: str) -> None:

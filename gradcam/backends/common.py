@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcam.backends import inputs as multi
 from gradcam.backends import layouts
 from gradcam.reference.relu_rules import RULES
 
@@ -100,6 +101,28 @@ def check_rule(rule: str) -> str:
     return rule
 
 
+# where a probe reads a layer: its output (the papers' A) or its input (the previous layer's output, as the layer
+# sees it)
+AT = ("output", "input")
+
+
+def check_at(at: str) -> str:
+    """``at`` if it is ``"output"`` or ``"input"``, else a ``ValueError`` naming them."""
+    if at not in AT:
+        raise ValueError(f"at must be 'output' or 'input' (where a layer is read), got {at!r}")
+    return at
+
+
+def unit_target(target: Target) -> Any:
+    """``target`` when it scores a unit of an internal layer instead of the model's outputs, else ``None``.
+
+    Such a target (``gradcam.targets.Neuron``) has a ``layer`` and ``layer_score(activation, channel_axis)``; the
+    backends sit below ``gradcam.targets`` and know it by these two members, capture its layer in the explaining
+    forward and score that layer's output with it.
+    """
+    return target if hasattr(target, "layer") and callable(getattr(target, "layer_score", None)) else None
+
+
 def positive_int(value: Any, what: str) -> int:
     """``value`` as an int, or a ``ValueError`` naming ``what`` unless it is a whole number >= 1."""
     if isinstance(value, bool) or int(value) != value or value < 1:
@@ -161,23 +184,29 @@ def refuse_torch_tensor(x: Any, framework: str, layout: str) -> None:
 
 
 def predict_in_chunks(
-    forward: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, batch_size: int | None, pad: bool
+    forward: Callable[[Any], np.ndarray], batch: Any, batch_size: int | None, pad: bool
 ) -> np.ndarray:
     """``forward`` over ``batch`` at most ``batch_size`` rows at a time, outputs concatenated as float32.
 
-    With ``pad``, a shorter last chunk is padded with zeros to full size (and the padding dropped), so
-    that a compiled function traced for one shape serves every chunk.
+    ``batch`` is one array or, for a model with several inputs, a list or dict of arrays with the same rows
+    (``gradcam.backends.inputs.parts_map``). With ``pad``, a shorter last chunk is padded with zeros to full size
+    (and the padding dropped), so that a compiled function traced for one shape serves every chunk.
     """
-    n = batch.shape[0]
+    n = multi.parts_rows(batch)
     size = n if batch_size is None else positive_int(batch_size, "batch_size")
     outputs = []
     for start in range(0, n, size):
-        chunk = batch[start : start + size]
-        if pad and n > size and len(chunk) < size:
-            padding = np.zeros((size - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, padding], axis=0)
+        rows = slice(start, start + size)
+        chunk = multi.parts_map(lambda part, rows=rows: part[rows], batch)
+        if pad and n > size and n - start < size:
+            chunk = multi.parts_map(lambda part: _zero_padded(part, size), chunk)
         outputs.append(np.asarray(forward(chunk), dtype=np.float32)[: min(size, n - start)])
     return np.concatenate(outputs, axis=0)
+
+
+def _zero_padded(part: np.ndarray, size: int) -> np.ndarray:
+    padding = np.zeros((size - len(part), *part.shape[1:]), dtype=part.dtype)
+    return np.concatenate([part, padding], axis=0)
 
 
 def resolve_path(names: Iterable[str], spec: str) -> str:

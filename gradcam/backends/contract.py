@@ -8,6 +8,13 @@ checker follow ``self.backend.probe(...)`` into the contract without any backend
 Everything framework-neutral that the functions below share (resolving targets before any compute, the
 ReLU rule names, batching, layer paths, the caches and the messages) lives once in
 ``gradcam.backends.common``; a backend module holds only what its framework needs.
+
+Models with several inputs: every ``x`` below is one batch, a tuple or list of batches (the model called as
+``model(*x)``; a Keras model with the list), a dict of batches (``model(**x)``; Keras with the dict), or a
+``gradcam.backends.inputs.Inputs`` that names the explained one. The explained input is carried inside ``x`` rather
+than by a new parameter, so no member's signature changed: it is what ``to_numpy`` returns, the input whose grid
+the maps and ``input_size`` have, and the one ``input_gradient`` differentiates with respect to; the other inputs
+go to the model unchanged, row for row (a method that makes copies of example ``n`` gives them row ``n`` of each).
 """
 from __future__ import annotations
 
@@ -57,10 +64,19 @@ class Backend(Protocol):
     def default_layer(self, model: Any, x: Any) -> str:
         """The automatic layer: ``layer_choice(model, x).name``."""
 
-    def probe(self, model: Any, x: Any, layers: Any, target: Target = None, reshape: Reshape | None = None) -> Probe:
+    def probe(
+        self,
+        model: Any,
+        x: Any,
+        layers: Any,
+        target: Target = None,
+        reshape: Reshape | None = None,
+        at: str = "output",
+    ) -> Probe:
         """Activations ``A`` and gradients ``G = d y / d A`` at ``layers``: one forward, one backward per batch,
         gradients taken with respect to the layer outputs only. ``reshape``: a layout name (``"NHWC"``,
-        ``"NTC:1"``), a function on the NumPy output, or ``None`` to infer the layout (``backends.layouts``)."""
+        ``"NTC:1"``), a function on the NumPy output, or ``None`` to infer the layout (``backends.layouts``).
+        ``at="input"``: each layer's input and the gradient at it instead of its output."""
 
     def input_gradient(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcam.backends import inputs as multi
 from gradcam.backends.common import Target
 from gradcam.explanation import Explanation
 from gradcam.methods.base import Method
@@ -60,6 +61,7 @@ class AugmentSmooth:
         self.name = f"{method.name}+aug"
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
+        x = self.method.inputs(x)  # with several inputs, the explained one is shifted and flipped
         images = self.method.backend.to_numpy(x)
         if images.ndim != 4:
             raise ValueError(
@@ -82,7 +84,8 @@ class AugmentSmooth:
                     continue
                 cols_in, cols_back = transform_indices(W, dx, flip)
                 copy = np.take(np.take(images, rows_in, axis=axis), cols_in, axis=axis + 1)
-                copy_maps = self.method(copy, copy_target).maps  # (N, H, W) or (N, C, H, W): pixels last
+                # (N, H, W) or (N, C, H, W): pixels last
+                copy_maps = self.method(multi.replaced(x, copy), copy_target).maps
                 maps.append(np.take(np.take(copy_maps, rows_back, axis=-2), cols_back, axis=-1))
         mean = np.mean(maps, axis=0, dtype=np.float64).astype(np.float32)
         return dataclasses.replace(

@@ -14,6 +14,7 @@ import numpy as np
 
 from gradcam import reference as ref
 from gradcam.backends import Backend, Probe, backend_by_name, get_backend
+from gradcam.backends import inputs as multi
 from gradcam.backends.common import Target, layer_list
 from gradcam.explanation import Explanation, ExplanationWarning, ProbabilityWarning, issue
 from gradcam.methods.diagnosis import layer_map_warnings
@@ -65,6 +66,12 @@ class Method(ABC):
     upsample : how a layer's map is brought to the input's size: ``"bilinear"`` (default), ``"nearest"`` or
         ``"bicubic"`` (``gradcam.reference.postprocess.resize``). Methods whose maps already have the input's
         size (input gradients, occlusion) have nothing to upsample.
+    input : which input of a model with several the map is about, when ``x`` is a tuple or list of batches (the
+        model called as ``model(*x)``) or a dict (``model(**x)``; a Keras model gets the list or dict): an index
+        or a dict key (``None``: the first). Gradient methods differentiate with respect to it only, SmoothGrad
+        and Smooth Grad-CAM++ add noise to it only, Score-CAM, Ablation-CAM and occlusion change only it (the
+        copies of example ``n`` take row ``n`` of every other input); maps have its grid, targets see the
+        model's whole output (``gradcam.backends.inputs``).
 
     ``notes`` says what was done to the model to explain it (a wrapper unwrapped, an output selected, a final
     softmax left out).
@@ -89,12 +96,14 @@ class Method(ABC):
         backend: str | None = None,
         quiet: bool = False,
         upsample: str = "bilinear",
+        input: Any = None,
     ) -> None:
         if layout is not None and reshape is not None:
             raise ValueError("give layout= (a layout name such as 'NHWC') or reshape= (a function), not both")
         self.layers = layer_list(layer)
         self.reshape = layout if layout is not None else reshape
         self.quiet = quiet
+        self.input = input
         if upsample not in postprocess.UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {', '.join(postprocess.UPSAMPLE_MODES)}, got {upsample!r}")
         self.upsample = upsample
@@ -124,6 +133,11 @@ class Method(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def inputs(self, x: Any) -> Any:
+        """``x`` as the backend takes it: one batch as given, several inputs as ``gradcam.backends.inputs.Inputs``
+        with this method's ``input`` explained (checked: a known key or index, one batch size)."""
+        return multi.wrapped(x, self.input)
 
     @abstractmethod
     def __call__(self, x: Any, target: Target = None) -> Explanation:
@@ -192,14 +206,35 @@ class LayerMethod(Method):
     contributions : ``True`` keeps each channel's contribution ``C_k`` at each layer (``w_k A_k`` for the channel
         weighting methods, ``ReLU(G_k) A_k`` for LayerCAM, ``G_k A_k`` for HiResCAM), ``(N, K, h, w)`` per layer
         in ``Explanation.contributions_by_layer``; off by default, as they weigh as much as the activations.
+    of_input : ``True`` reads each layer's input instead of its output: ``A`` is what the layer is called with (a
+        torch module's first argument, a Keras layer's, a Flax linen module's) and ``G = d y / d A`` the gradient
+        there, so the map is the method's at the boundary before the layer (``probe(..., at="input")``).
+        Methods that also act on the layer's output (CAM's dense layer after it, Ablation-CAM's ablated
+        channels, Guided Grad-CAM's one forward) refuse it.
     """
 
     uses_gradients = True
     has_contributions = False
+    reads_layer_input = True  # False: the method also acts on the layer's output, so of_input=True is refused
 
     def __init__(
-        self, model: Any, layer: Any = None, *, relu: bool = True, contributions: bool = False, **options: Any
+        self,
+        model: Any,
+        layer: Any = None,
+        *,
+        relu: bool = True,
+        contributions: bool = False,
+        of_input: bool = False,
+        **options: Any,
     ) -> None:
+        if not isinstance(of_input, bool):
+            raise ValueError(f"of_input must be True or False, got {of_input!r}")
+        if of_input and not self.reads_layer_input:
+            raise ValueError(
+                f"{type(self).__name__} also acts on the layer's output, so of_input=True does not apply; it does to "
+                "the methods that read only A and G (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM ...)"
+            )
+        self.at = "input" if of_input else "output"
         if (not relu or contributions) and not self.has_contributions:
             raise ValueError(
                 f"{type(self).__name__}'s map is not a ReLU of per-channel contributions, so relu=False and "
@@ -214,13 +249,14 @@ class LayerMethod(Method):
         """Explain ``x`` for ``target`` (``Method.__call__``); several targets per image, an ``(N, T)`` int array
         or a list of ``T`` callables, give maps ``(N, T, *grid)`` (``gradcam.targets.stack_columns``) at the cost
         of ``T`` single calls (``T`` forward and backward passes): a probe differentiates one score per image."""
+        x = self.inputs(x)
         columns = target_columns(target)
         if columns is not None:
             return stack_columns([self(x, column) for column in columns])
         return self.explain_probe(self.probe(x, target))
 
     def probe(self, x: Any, target: Target) -> Probe:
-        return self.backend.probe(self.model, x, self.layers_for(x), target, reshape=self.reshape)
+        return self.backend.probe(self.model, x, self.layers_for(x), target, reshape=self.reshape, at=self.at)
 
     @abstractmethod
     def layer_map(self, name: str, probe: Probe) -> tuple[np.ndarray, np.ndarray | None]:

@@ -33,6 +33,7 @@ class CAM(LayerMethod):
     """
 
     name = "cam"
+    reads_layer_input = False  # the dense layer's weights apply to the layer's pooled output
 
     def __init__(self, model: Any, layer: Any = None, *, fc_layer: Any = None, **options: Any) -> None:
         super().__init__(model, layer, **options)

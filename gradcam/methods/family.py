@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from gradcam.backends import Probe
+from gradcam.backends import inputs as multi
 from gradcam.backends.common import Target
 from gradcam.methods.base import ChannelWeightMethod, LayerMethod
 from gradcam.reference import family, fast
@@ -125,8 +126,9 @@ class FinerCAM(ChannelWeightMethod):
         chosen, weights = family.finer_references(main.logits, main.targets, references)
         batch = self.backend.to_numpy(x)
         # one batch for all comparison classes: copy r of the images is explained for its class chosen[:, r]
+        copies = multi.replaced(x, np.concatenate([batch] * references), np.tile(np.arange(len(batch)), references))
         others = self.backend.probe(
-            self.model, np.concatenate([batch] * references), main.layers, chosen.T.ravel(), reshape=self.reshape
+            self.model, copies, main.layers, chosen.T.ravel(), reshape=self.reshape, at=self.at
         )
         gradients = {
             name: family.finer_gradient(

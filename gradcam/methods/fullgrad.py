@@ -55,6 +55,7 @@ class FullGrad(Method):
         super().__init__(model, None, **options)
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
+        x = self.inputs(x)
         biased = self.spatial_biases(x)
         names = [name for name, _ in biased]
         try:

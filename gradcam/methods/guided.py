@@ -22,7 +22,7 @@ class _InputGradientMethod(Method):
     takes_layer = False
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
-        result = self.backend.input_gradient(self.model, x, target, rule=self.rule)
+        result = self.backend.input_gradient(self.model, self.inputs(x), target, rule=self.rule)
         explanation = Explanation(
             maps=result.gradient,
             targets=result.targets,
@@ -59,8 +59,10 @@ class GuidedGradCAM(GradCAM):
     """
 
     name = "guided-gradcam"
+    reads_layer_input = False  # its one forward (input_gradient) captures layer outputs
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
+        x = self.inputs(x)
         result = self.backend.input_gradient(
             self.model, x, target, rule="guided", layers=self.layers_for(x), reshape=self.reshape
         )

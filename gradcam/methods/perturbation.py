@@ -19,6 +19,7 @@ import numpy as np
 
 from gradcam import reference as ref
 from gradcam.backends import Probe
+from gradcam.backends import inputs as multi
 from gradcam.backends.common import TOP1, Target, class_targets, positive_int
 from gradcam.copies import channels_last_view, run_in_batches
 from gradcam.explanation import Explanation
@@ -39,10 +40,12 @@ def positive_sizes(value: int | tuple[int, ...], what: str, axes: int) -> tuple[
 
 @dataclass
 class ImageProbe(Probe):
-    """A probe together with the images it was taken on, in the model's layout, as float32 NumPy."""
+    """A probe together with the images it was taken on, in the model's layout, as float32 NumPy, and the inputs
+    as the backend took them (``gradcam.backends.inputs``: a model's other inputs go with every copy)."""
 
     images: np.ndarray | None = None
     target: Target = None
+    inputs: Any = None
 
 
 class _PerturbedLayerMethod(LayerMethod):
@@ -69,7 +72,7 @@ class _PerturbedLayerMethod(LayerMethod):
                 f"{type(self).__name__} scores classes of a model whose output is class scores (N, classes); "
                 "for another output give target= a callable (gradcam.targets)"
             )
-        return ImageProbe(**vars(probe), images=self.backend.to_numpy(x), target=target)
+        return ImageProbe(**vars(probe), images=self.backend.to_numpy(x), target=target, inputs=x)
 
     def row_scores(self, outputs: np.ndarray, probe: ImageProbe, images: np.ndarray, score: str) -> np.ndarray:
         """The target's scores of rows of outputs, row ``m`` a copy of image ``images[m]`` (``copy_scores``)."""
@@ -165,7 +168,8 @@ class ScoreCAM(_PerturbedLayerMethod):
         score = "probability" if self.weighting == "classes" else "raw"
 
         def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            outputs = model_outputs(self.backend, self.model, batch, probe.target)
+            copies = multi.replaced(probe.inputs, batch, pairs[rows // S, 0])
+            outputs = model_outputs(self.backend, self.model, copies, probe.target)
             return self.row_scores(outputs, probe, pairs[rows // S, 0], score)
 
         copy_scores = run_in_batches(len(pairs) * S, self.batch_size, probe.images.shape[1:], fill, forward)
@@ -200,6 +204,7 @@ class AblationCAM(_PerturbedLayerMethod):
     """
 
     name = "ablationcam"
+    reads_layer_input = False  # it zeroes channels of the layer's output
 
     def __init__(self, model: Any, layer: Any = None, *, batch_size: int = 16, **options: Any) -> None:
         if options.get("reshape") is not None:
@@ -222,7 +227,10 @@ class AblationCAM(_PerturbedLayerMethod):
 
         def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
             outputs = array_outputs(
-                lambda: self.backend.predict_ablated(self.model, batch, name, pairs[rows, 1], reshape=self.reshape),
+                lambda: self.backend.predict_ablated(
+                    self.model, multi.replaced(probe.inputs, batch, pairs[rows, 0]), name, pairs[rows, 1],
+                    reshape=self.reshape,
+                ),
                 probe.target,
             )
             return self.row_scores(outputs, probe, pairs[rows, 0], "raw")
@@ -307,6 +315,7 @@ class Occlusion(Method):
         self.batch_size = positive_int(batch_size, "batch_size")
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
+        x = self.inputs(x)
         columns = target_columns(target)
         if columns is not None:  # several targets per image: one pass of all windows per target
             return stack_columns([self(x, column) for column in columns])
@@ -316,7 +325,7 @@ class Occlusion(Method):
         n_images, grid = pixels.shape[0], pixels.shape[1:-1]
         window = positive_sizes(self.window, "window", len(grid))
         stride = positive_sizes(self.stride, "stride", len(grid))
-        outputs = model_outputs(self.backend, self.model, images, target, self.batch_size)
+        outputs = model_outputs(self.backend, self.model, multi.replaced(x, images), target, self.batch_size)
         targets = np.full(n_images, TOP1, dtype=np.int64) if callable(target) else class_targets(target, outputs)
         everyone = np.arange(n_images)
         clean = copy_scores(outputs, target, targets, everyone, self.score)
@@ -333,7 +342,7 @@ class Occlusion(Method):
                 view[(i, *region(corners[p]))] = self.baseline
 
         def forward(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            batch_outputs = model_outputs(self.backend, self.model, batch, target)
+            batch_outputs = model_outputs(self.backend, self.model, multi.replaced(x, batch, pairs[rows, 0]), target)
             return copy_scores(batch_outputs, target, targets, pairs[rows, 0], self.score)
 
         occluded = run_in_batches(len(pairs), self.batch_size, images.shape[1:], fill, forward)

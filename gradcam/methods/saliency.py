@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcam.backends import inputs as multi
 from gradcam.backends.common import Target, positive_int
 from gradcam.backends.probe import InputGradient
 from gradcam.explanation import Explanation
@@ -30,7 +31,7 @@ class Saliency(Method):
     takes_layer = False
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
-        result = self.backend.input_gradient(self.model, x, target, rule="plain")
+        result = self.backend.input_gradient(self.model, self.inputs(x), target, rule="plain")
         return self.explained(rules.saliency(result.gradient, grid=result.gradient.ndim - 2), result)
 
     def explained(self, raw: np.ndarray, clean: InputGradient) -> Explanation:
@@ -87,13 +88,16 @@ class SmoothGrad(Saliency):
         self.noise_level, self.variant, self.seed = noise_level, variant, seed
 
     def __call__(self, x: Any, target: Target = None) -> Explanation:
+        x = self.inputs(x)
         clean = self.backend.input_gradient(self.model, x, target, rule="plain")
         copy_target = target if callable(target) else clean.targets
-        gradients = self.noisy_gradients(self.backend.to_numpy(x), copy_target, clean.gradient.shape[2:])
+        gradients = self.noisy_gradients(x, copy_target, clean.gradient.shape[2:])
         return self.explained(rules.smooth_grad(gradients, self.variant, grid=gradients.ndim - 3), clean)
 
-    def noisy_gradients(self, images: np.ndarray, target: Any, input_size: tuple[int, ...]) -> np.ndarray:
-        """The ``(n_samples, N, C, *grid)`` input gradients of the noisy copies of ``images`` (model layout)."""
+    def noisy_gradients(self, x: Any, target: Any, input_size: tuple[int, ...]) -> np.ndarray:
+        """The ``(n_samples, N, C, *grid)`` input gradients of the noisy copies of the images ``x`` (model layout;
+        with several inputs, noise on the explained one only, the others' rows copied)."""
+        images = self.backend.to_numpy(x)
         n = images.shape[0]
         axes = tuple(range(1, images.ndim))
         sigma = (self.noise_level * (images.max(axis=axes) - images.min(axis=axes))).astype(np.float32)
@@ -106,6 +110,7 @@ class SmoothGrad(Saliency):
             noise = channels_first_noise(rng, which.size, images.shape, input_size)
             noisy = images[which] + noise * sigma[which].reshape(per_image)
             batch_target = target if callable(target) else target[which]
-            gradients.append(self.backend.input_gradient(self.model, noisy, batch_target, rule="plain").gradient)
+            copies = multi.replaced(x, noisy, which)
+            gradients.append(self.backend.input_gradient(self.model, copies, batch_target, rule="plain").gradient)
         stacked = np.concatenate(gradients)
         return stacked.reshape(self.n_samples, n, *stacked.shape[1:])

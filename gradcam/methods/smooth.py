@@ -8,6 +8,7 @@ import numpy as np
 
 from gradcam import reference as ref
 from gradcam.backends import Probe
+from gradcam.backends import inputs as multi
 from gradcam.backends.common import Target
 from gradcam.explanation import Explanation
 from gradcam.methods.base import LayerMethod, channel_map, eigen_smooth_option
@@ -69,12 +70,13 @@ class SmoothGradCAMPlusPlus(LayerMethod):
     def probe(self, x: Any, target: Target) -> NoisyProbe:
         clean = super().probe(x, target)
         copy_target = target if callable(target) else clean.targets
-        gradients, scores = self._noisy_gradients(self.backend.to_numpy(x), copy_target, clean.layers, clean.input_size)
+        gradients, scores = self._noisy_gradients(x, copy_target, clean.layers, clean.input_size)
         return NoisyProbe(**vars(clean), noisy_gradients=gradients, noisy_scores=scores)
 
     def _noisy_gradients(
-        self, images: np.ndarray, target: Any, layers: list[str], input_size: tuple[int, ...]
+        self, x: Any, target: Any, layers: list[str], input_size: tuple[int, ...]
     ) -> tuple[dict, np.ndarray]:
+        images = self.backend.to_numpy(x)  # with several inputs, the noise goes on the explained one only
         n = images.shape[0]
         per_image = (-1,) + (1,) * (images.ndim - 1)
         axes = tuple(range(1, images.ndim))
@@ -88,7 +90,8 @@ class SmoothGradCAMPlusPlus(LayerMethod):
             noise = channels_first_noise(rng, which.size, images.shape, input_size)
             noisy = images[which] + noise * sigma[which].reshape(per_image)
             batch_target = target if callable(target) else target[which]
-            probe = self.backend.probe(self.model, noisy, layers, batch_target, reshape=self.reshape)
+            copies = multi.replaced(x, noisy, which)
+            probe = self.backend.probe(self.model, copies, layers, batch_target, reshape=self.reshape, at=self.at)
             for name in layers:
                 gradients[name].append(probe.gradients[name])
             scores.append(probe.scores)

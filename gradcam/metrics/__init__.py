@@ -11,6 +11,10 @@ with a rejection threshold (Grad-CAM section 4.3, ``gradcam.metrics.pointing``).
 Through the model (any framework, via its backend's ``predict``, in batches): ``average_drop`` and
 ``increase_in_confidence`` (Grad-CAM++), ``deletion_auc`` and ``insertion_auc`` with their curves (RISE).
 These take ``(model, images, maps, target=None, ..., batch_size=None)``, images in the model's own layout.
+
+Every metric takes maps over a grid of 1 to 3 axes: ``(N, H, W)`` for images, ``(N, L)`` for signals,
+``(N, D, H, W)`` for volumes (inputs ``(N, C, *grid)`` or channels last); boxes list their axes from the last one,
+``(x0, x1)``, ``(x0, y0, x1, y1)``, ``(x0, y0, z0, x1, y1, z1)`` (``gradcam.reference.localization``).
 """
 from gradcam.metrics.confidence import average_drop, explanation_scores, increase_in_confidence
 from gradcam.metrics.curves import deletion_auc, deletion_curve, insertion_auc, insertion_curve, trapezoid_area

@@ -14,8 +14,9 @@ def explanation_scores(
     model: Any, images: Any, maps: Any, target: Target = None, score: str = "probability", batch_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(Y, O)``: per image, the target's score on the image and on ``image * map`` (the map broadcast over
-    the colour channels), both ``(N,)`` float64. The target defaults to the top-1 class of the image; a target
-    function (``gradcam.targets``) scores the NumPy outputs itself."""
+    the colour channels), both ``(N,)`` float64. Signals and volumes alike: maps ``(N, *grid)`` of the inputs' grid.
+    The target defaults to the top-1 class of the image; a target function (``gradcam.targets``) scores the
+    NumPy outputs itself."""
     scored = ScoredImages(model, images, maps, target, score, batch_size)
 
     def explanation_only(pixels: np.ndarray, n: int, copy: int) -> None:

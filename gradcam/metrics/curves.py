@@ -29,11 +29,13 @@ def deletion_curve(
     """The target's score as the pixels are set to ``baseline``, most important (by the map) first.
 
     At the ``steps + 1`` fractions ``f_i = i / steps`` the ``floor(i * H * W / steps)`` highest pixels of the
-    map (ties in row-major order) are removed in every channel. Returns ``(scores (N, steps + 1), fractions
-    (steps + 1,))``; ``scores[:, 0]`` is the score on the image itself. ``baseline``: a value, or an array in
-    the images' layout broadcast to them (a blurred copy, say). ``score``: ``"probability"`` (softmax over the
-    classes) or ``"raw"`` (the target's output). The target defaults to the top-1 class of the image; a target
-    function (``gradcam.targets``) gives the score of each copy itself, from the model's NumPy outputs.
+    map (ties in row-major order) are removed in every channel. Signals and volumes alike: maps ``(N, *grid)``
+    of the inputs' grid (``(N, C, *grid)`` or channels last), ``H * W`` then the grid's number of positions.
+    Returns ``(scores (N, steps + 1), fractions (steps + 1,))``; ``scores[:, 0]`` is the score on the image
+    itself. ``baseline``: a value, or an array in the images' layout broadcast to them (a blurred copy, say).
+    ``score``: ``"probability"`` (softmax over the classes) or ``"raw"`` (the target's output). The target
+    defaults to the top-1 class of the image; a target function (``gradcam.targets``) gives the score of each
+    copy itself, from the model's NumPy outputs.
     """
     return _curve(model, images, maps, target, steps, baseline, score, batch_size, deleting=True)
 
@@ -102,15 +104,15 @@ def _curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     steps = positive_steps(steps)
     scored = ScoredImages(model, images, maps, target, score, batch_size)
-    n_images, H, W = scored.maps.shape
+    n_images, *grid = scored.maps.shape
     order = np.argsort(-scored.maps.reshape(n_images, -1), axis=1, kind="stable")
-    counts = np.arange(steps + 1) * (H * W) // steps
+    counts = np.arange(steps + 1) * int(np.prod(grid)) // steps
     filler = scored.as_pixels(baseline)
     start, source = (scored.pixels, filler) if deleting else (filler, scored.pixels)
 
     def changed_copy(pixels: np.ndarray, n: int, step: int) -> None:
-        rows, cols = np.unravel_index(order[n, : counts[step]], (H, W))
+        positions = np.unravel_index(order[n, : counts[step]], grid)
         pixels[...] = start[n]
-        pixels[rows, cols] = source[n, rows, cols]
+        pixels[positions] = source[n][positions]
 
     return scored.scores_of_copies(steps + 1, changed_copy), np.arange(steps + 1) / steps

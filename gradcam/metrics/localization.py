@@ -1,7 +1,9 @@
 """Metrics that compare heat maps with ground truth or with another map; no model is called.
 
 Maps are ``(N, H, W)`` (any non-negative scale; the methods' maps in [0, 1]); boxes are ``(x0, y0, x1, y1)``
-in pixels, end exclusive, one box or a ``(k, 4)`` array of boxes per image. Every function returns one value
+in pixels, end exclusive, one box or a ``(k, 4)`` array of boxes per image. Signals ``(N, L)`` take boxes
+``(x0, x1)`` and volumes ``(N, D, H, W)`` boxes ``(x0, y0, z0, x1, y1, z1)`` (axes listed from the last one, as in
+``gradcam.reference.localization``); a pixel is then a position of the grid. Every function returns one value
 per image, as an array.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 from gradcam import reference as ref
-from gradcam.metrics.checks import Boxes, as_maps, boxes_per_image, union_mask
+from gradcam.metrics.checks import Boxes, as_maps, box_region, boxes_per_image, union_mask
 
 LOCALIZATION_THRESHOLD = 0.15
 CORRECT_IOU = 0.5
@@ -57,7 +59,8 @@ def energy_pointing_game(maps: Any, boxes: Boxes, threshold: float = 0.0) -> np.
     """Energy-based pointing game (Wang et al., Score-CAM, 2020): the share of the map's sum that lies inside
     the ground-truth boxes (their union, so overlaps count once):
 
-    ``E = sum_{ij in boxes} L_ij / sum_ij L_ij``, ``(N,)`` float in [0, 1]; 0 for an all-zero map.
+    ``E = sum_{p in boxes} L_p / sum_p L_p`` over the grid's positions ``p`` (pixels ``ij`` of an image),
+    ``(N,)`` float in [0, 1]; 0 for an all-zero map.
 
     With ``threshold = d``, values below ``d * max(L)`` count as 0 first: the Grad-CAM++ paper's localization
     measure ``Loc(d)`` on maps thresholded at ``d``, which with several instances measures how much of the map
@@ -87,7 +90,7 @@ def instance_coverage(maps: Any, boxes: Boxes, threshold: float = 0.5) -> np.nda
     for i, (heatmap, truth) in enumerate(zip(maps, per_image, strict=False)):
         peak = heatmap.max()
         if peak > 0:
-            lit = [heatmap[y0:y1, x0:x1].max() >= threshold * peak for x0, y0, x1, y1 in truth]
+            lit = [heatmap[box_region(box)].max() >= threshold * peak for box in truth]
             coverage[i] = np.mean(lit)
     return coverage
 

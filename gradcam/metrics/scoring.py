@@ -22,8 +22,8 @@ class ScoredImages:
     ----------
     images : the batch as float32 NumPy in the model's layout.
     channel_axis : the channel axis of ``images``.
-    pixels : an ``(N, H, W, C)`` view of ``images``.
-    maps : ``(N, H, W)`` float64.
+    pixels : an ``(N, *grid, C)`` view of ``images`` (``(N, H, W, C)`` for images; a grid of 1 to 3 axes).
+    maps : ``(N, *grid)`` float64.
     targets : ``(N,)`` class per image (-1 for a target function).
     clean : ``(N,)`` float64 score of each image's target on the image itself.
 
@@ -42,7 +42,7 @@ class ScoredImages:
         self.images = self.backend.to_numpy(images)
         self.channel_axis = self.backend.input_channel_axis(model)
         self.pixels = channels_last_view(self.images, self.channel_axis)
-        self.maps = as_maps(maps, self.pixels.shape[1:3])
+        self.maps = as_maps(maps, self.pixels.shape[1:-1])
         if len(self.maps) != len(self.images):
             raise ValueError(f"got {len(self.maps)} maps for {len(self.images)} images")
         outputs = model_outputs(self.backend, model, self.images, target, self.batch_size)
@@ -51,7 +51,7 @@ class ScoredImages:
         self.clean = copy_scores(outputs, target, self.targets, np.arange(n_images), score)
 
     def as_pixels(self, values: float | np.ndarray) -> np.ndarray:
-        """A scalar or an array in the images' layout, broadcast to the images, as an ``(N, H, W, C)`` view."""
+        """A scalar or an array in the images' layout, broadcast to the images, as an ``(N, *grid, C)`` view."""
         try:
             full = np.broadcast_to(np.asarray(values, dtype=np.float32), self.images.shape)
         except ValueError:
@@ -63,7 +63,7 @@ class ScoredImages:
     def scores_of_copies(self, copies_per_image: int, fill: Callable[[np.ndarray, int, int], None]) -> np.ndarray:
         """``(N, copies_per_image)`` target scores of changed copies of every image.
 
-        ``fill(pixels, n, j)`` writes copy ``j`` of image ``n`` into ``pixels``, an ``(H, W, C)`` view of one
+        ``fill(pixels, n, j)`` writes copy ``j`` of image ``n`` into ``pixels``, a ``(*grid, C)`` view of one
         row of the (reused) batch buffer.
         """
         n_images = len(self.images)

@@ -2,7 +2,8 @@
 2017, section 4.2: maps as segmentation seeds) and the share of a map's energy on the object.
 
 Maps are ``(N, H, W)`` non-negative (the methods' maps in [0, 1]); masks ``(N, H, W)`` bool, one per image (the
-union of its objects). Every function returns one value per image.
+union of its objects). Signals ``(N, L)`` and volumes ``(N, D, H, W)`` work alike, their masks of the maps' shape,
+a pixel ``ij`` then any position of the grid. Every function returns one value per image.
 """
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from gradcam.metrics.checks import as_maps
+from gradcam.metrics.checks import as_maps, grid_axes
 
 
 def threshold_masks(maps: Any, threshold: float) -> np.ndarray:
     """The segment of each map: ``S_ij = [L_ij >= threshold * max(L)]`` with ``0 < threshold <= 1``; an
-    all-zero map segments nothing. ``(N, H, W)`` bool."""
+    all-zero map segments nothing. Bool, the maps' shape."""
     maps = _non_negative(maps)
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
-    peak = maps.max(axis=(1, 2), keepdims=True)
+    peak = maps.max(axis=grid_axes(maps), keepdims=True)
     return (maps >= threshold * peak) & (peak > 0)
 
 
@@ -31,8 +32,8 @@ def mask_iou(maps: Any, masks: Any, threshold: float) -> np.ndarray:
     maps = _non_negative(maps)
     truth = _masks(masks, maps.shape)
     segment = threshold_masks(maps, threshold)
-    inter = (segment & truth).sum(axis=(1, 2))
-    union = (segment | truth).sum(axis=(1, 2))
+    inter = (segment & truth).sum(axis=grid_axes(maps))
+    union = (segment | truth).sum(axis=grid_axes(maps))
     return inter / union
 
 
@@ -56,8 +57,8 @@ def mask_energy(maps: Any, masks: Any) -> np.ndarray:
     [0, 1]; 0 for an all-zero map. The mask form of the energy pointing game (Wang et al., Score-CAM, 2020)."""
     maps = _non_negative(maps)
     truth = _masks(masks, maps.shape)
-    total = maps.sum(axis=(1, 2))
-    inside = np.where(truth, maps, 0.0).sum(axis=(1, 2))
+    total = maps.sum(axis=grid_axes(maps))
+    inside = np.where(truth, maps, 0.0).sum(axis=grid_axes(maps))
     return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
 
 
@@ -74,6 +75,7 @@ def _masks(masks: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"masks of shape {masks.shape} do not fit maps of shape {shape}")
     if masks.dtype != bool:
         raise ValueError(f"masks must be boolean, got {masks.dtype}")
-    if not masks.any(axis=(1, 2)).all():
-        raise ValueError(f"the mask of image {int(np.argmin(masks.any(axis=(1, 2))))} is empty")
+    found = masks.any(axis=grid_axes(masks))
+    if not found.all():
+        raise ValueError(f"the mask of image {int(np.argmin(found))} is empty")
     return masks

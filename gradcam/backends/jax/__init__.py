@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradcam.backends import choice, common, layouts
+from gradcam.backends import inputs as multi
 from gradcam.backends.jax import biases, nnx
 from gradcam.backends.jax.compiled import run, trace_count
 from gradcam.backends.jax.model import (
@@ -81,7 +82,9 @@ def is_model(model: Any) -> bool:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """The input batch as float32 NumPy in the model's own layout (NHWC unless ``channel_axis`` says otherwise)."""
+    """The (explained) input batch as float32 NumPy in the model's own layout (NHWC unless ``channel_axis`` says
+    otherwise)."""
+    x = multi.explained(x)
     common.refuse_torch_tensor(x, "JAX", f"{LAYOUT} by default")
     return np.asarray(x, dtype=np.float32)
 
@@ -106,7 +109,7 @@ def layer_shapes(model: Any, x: Any) -> list[tuple[str, tuple[int, ...]]]:
     children) at its last call; outputs that are not one array are left out.
     """
     jm = as_model(model)
-    calls = trace(structure_of(jm), variables_of(jm), _as_batch(jm, x)).calls
+    calls = trace(structure_of(jm), variables_of(jm), _model_inputs(jm, x)[1]).calls
     return [(name, call.shape) for name, call in calls.items() if call.shape is not None]
 
 
@@ -137,7 +140,7 @@ def layer_choice(model: Any, x: Any) -> choice.LayerChoice:
     the chosen layer is then the very one a method runs on ``x`` (compiling costs more than computing).
     """
     jm = as_model(model)
-    sample = _as_batch(jm, x)
+    sample, called, _ = _model_inputs(jm, x)
     native = _native(jm.channel_axis)
     weighted = set(variable_paths(jm)) if not isinstance(jm, JaxModel) else {FEATURES}
     modules = nnx.module_paths(jm.module) if isinstance(jm, NnxModel) else {}
@@ -150,16 +153,16 @@ def layer_choice(model: Any, x: Any) -> choice.LayerChoice:
             normalization="norm" in name.rsplit("/", 1)[-1].lower()
             or "Norm" in type(modules.get(name)).__name__,
         )
-        for name, shape in layer_shapes(jm, sample)
+        for name, shape in layer_shapes(jm, x)
     ]
 
-    output_shape = trace(structure_of(jm), variables_of(jm), sample).output_shape
+    output_shape = trace(structure_of(jm), variables_of(jm), called).output_shape
 
     def depends(name: str) -> bool:
         # the default target (top-1 class) for class scores, so that the compiled probe is the one a method reuses
         target = None if output_shape is not None and len(output_shape) == 2 else _dependence_score
         try:
-            found = probe(jm, sample, name, target=target)
+            found = probe(jm, x, name, target=target)
         except common.ScoreIndependentError:
             return False
         return bool(np.any(found.gradients[name] != 0))
@@ -180,11 +183,11 @@ def predict(model: Any, x: Any, batch_size: int | None = None) -> np.ndarray:
     to full size (and the padding dropped) so that one compiled shape serves every chunk.
     """
     jm = as_model(model)
-    batch = _as_batch(jm, x)
+    _, called, _ = _model_inputs(jm, x)
     structure, variables = structure_of(jm), variables_of(jm)
     compiled = CACHE.get(("predict", structure), lambda: jax.jit(lambda v, xb: forward(structure, v, xb)))
 
-    def run_chunk(chunk: np.ndarray) -> jax.Array:
+    def run_chunk(chunk: Any) -> jax.Array:
         out = compiled(variables, chunk)
         if not isinstance(out, jax.Array):
             raise TypeError(
@@ -193,7 +196,7 @@ def predict(model: Any, x: Any, batch_size: int | None = None) -> np.ndarray:
             )
         return out
 
-    return common.predict_in_chunks(run_chunk, batch, batch_size, pad=True)
+    return common.predict_in_chunks(run_chunk, called, batch_size, pad=True)
 
 
 def probe(
@@ -202,6 +205,7 @@ def probe(
     layers: Any,
     target: common.Target = None,
     reshape: common.Reshape | None = None,
+    at: str = "output",
 ) -> Probe:
     """Activations ``A`` and gradients ``G = d y / d A`` at ``layers``: one forward, one ``jax.vjp``, jitted.
 
@@ -210,7 +214,9 @@ def probe(
     model
         ``JaxModel`` / ``(features, head)``, or ``FlaxModel`` / ``(module, variables)``.
     x
-        A NumPy or JAX batch in the model's layout (NHWC by default).
+        A NumPy or JAX batch in the model's layout (NHWC by default). A model with several inputs takes a list
+        (``apply(variables, *x)``), a dict (``apply(variables, **x)``) or a ``gradcam.backends.inputs.Inputs``
+        naming the explained one, whose grid the maps have.
     layers
         ``"features"`` for a pair; for Flax a module path (``"backbone/layer4"``) or a module name
         unique in the model (``"layer4"``), or a non-empty list of them (``default_layer`` gives the default).
@@ -221,6 +227,9 @@ def probe(
         How each layer's output is read as ``(N, K, h, w)``: a layout name (``"NHWC"``, ``"NTC:1"``;
         ``gradcam.backends.layouts``), a function on the NumPy array (a 4-D map given to it channels first), or
         ``None`` to infer the layout from the output's shape.
+    at
+        ``"output"`` (the papers' ``A``) or ``"input"``: each layer's input (a Flax linen module's first argument)
+        and the gradient at it, read by ``reshape`` as outputs are.
 
     Raises
     ------
@@ -230,14 +239,14 @@ def probe(
         An unknown or ambiguous layer name (naming the closest ones).
     """
     jm = as_model(model)
-    batch = _as_batch(jm, x)
+    batch, called, key = _model_inputs(jm, x)
     specs = common.required_layers(layers)
-    names = resolve_layers(jm, batch, specs)
-    result = run(jm, batch, names, "plain", False, target)
+    names = resolve_layers(jm, called, specs)
+    result = run(jm, called, names, "plain", False, target, key, at)
     try:
         return _make_probe(jm, names, result, batch, reshape)
     except layouts.LayoutError as error:
-        raise common.with_better_layer(error, lambda: default_layer(jm, batch)) from None
+        raise common.with_better_layer(error, lambda: default_layer(jm, x)) from None
 
 
 def input_gradient(
@@ -249,7 +258,7 @@ def input_gradient(
     reshape: common.Reshape | None = None,
 ) -> InputGradient:
     """``d y / d x`` as ``(N, C, *grid)`` float32 (``(N, C, H, W)`` for images), with the ReLU backward given by
-    ``rule``.
+    ``rule``; with several inputs (``probe``'s ``x``), with respect to the explained one only.
 
     ``rule``: ``"plain"``; ``"guided"`` (Guided Backprop: a ReLU passes the gradient only where its
     input > 0 AND the incoming gradient > 0); ``"deconvnet"`` (only where the incoming gradient > 0).
@@ -260,9 +269,9 @@ def input_gradient(
     """
     common.check_rule(rule)
     jm = as_model(model)
-    batch = _as_batch(jm, x)
-    names = resolve_layers(jm, batch, common.layer_list(layers))
-    result = run(jm, batch, names, rule, True, target)
+    batch, called, key = _model_inputs(jm, x)
+    names = resolve_layers(jm, called, common.layer_list(layers))
+    result = run(jm, called, names, rule, True, target, key)
     return InputGradient(
         gradient=common.channels_first(result["input_gradient"], jm.channel_axis),
         scores=result["scores"],
@@ -282,10 +291,10 @@ def predict_ablated(model: Any, x: Any, layer: Any, channels: Any, reshape: comm
     layer that runs more than once in one forward is refused: which of its calls to ablate would be a guess.
     """
     jm = as_model(model)
-    batch = _as_batch(jm, x)
-    (name,) = resolve_layers(jm, batch, [layer])
+    batch, called, _ = _model_inputs(jm, x)
+    (name,) = resolve_layers(jm, called, [layer])
     structure = structure_of(jm)
-    call = trace(structure, variables_of(jm), batch).calls[name]
+    call = trace(structure, variables_of(jm), called).calls[name]
     if call.count > 1:
         raise common.ambiguous_ablation(name)
     size = _spatial_size(batch.shape, jm.channel_axis)
@@ -296,7 +305,7 @@ def predict_ablated(model: Any, x: Any, layer: Any, channels: Any, reshape: comm
     compiled = CACHE.get(
         ("ablated", structure, name, axis, first), lambda: jax.jit(ablated_forward(structure, name, axis, first))
     )
-    return np.asarray(compiled(variables_of(jm), batch, chosen), dtype=np.float32)
+    return np.asarray(compiled(variables_of(jm), called, chosen), dtype=np.float32)
 
 
 def dense_weight(model: Any, layer: Any) -> np.ndarray:
@@ -331,12 +340,28 @@ def layer_biases(model: Any, x: Any) -> list[tuple[str, np.ndarray]]:
     layers are hidden inside functions.
     """
     jm = as_model(model)
-    return biases.layer_biases(jm, _as_batch(jm, x))
+    return biases.layer_biases(jm, _model_inputs(jm, x)[1])
 
 
 def _trace_count(model: Any) -> int:
     """How many times the probes compiled for ``model`` have been traced (for tests)."""
     return trace_count(structure_of(as_model(model)))
+
+
+def _model_inputs(jm: AnyModel, x: Any) -> tuple[np.ndarray, Any, Any]:
+    """``(batch, called, key)``: the explained input as a checked batch, what the model is called with (that batch,
+    or the list or dict of all inputs, the others as NumPy) and the explained input's key (``None``: one input)."""
+    inputs = multi.read(x)
+    batch = _as_batch(jm, inputs.explained)
+    if len(inputs.parts) == 1 and not inputs.by_name:  # one input, also as a tuple of one
+        return batch, batch, None
+    return batch, inputs.converted(_other_input).structure(batch), inputs.key
+
+
+def _other_input(part: Any) -> np.ndarray:
+    common.refuse_torch_tensor(part, "JAX", f"{LAYOUT} by default")
+    array = np.asarray(part)
+    return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
 
 
 def _as_batch(jm: AnyModel, x: Any) -> np.ndarray:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradcam.backends import inputs as multi
 from gradcam.backends.jax import nnx
 from gradcam.backends.jax.model import AnyModel, FlaxModel, JaxModel, NnxModel, structure_of, variables_of
 
@@ -49,7 +50,7 @@ def _linen_biases(jm: FlaxModel, batch: np.ndarray) -> list[tuple[str, np.ndarra
 
     def run(v: Any, x: Any) -> Any:
         with nn.intercept_methods(note):
-            return structure.module.apply(v, x, method=structure.method, **dict(structure.apply_kwargs))
+            return multi.called(structure.module.apply, x, v, method=structure.method, **dict(structure.apply_kwargs))
 
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), batch)
     jax.eval_shape(run, variables, abstract)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradcam.backends import common
+from gradcam.backends import inputs as multi
 from gradcam.backends.jax import model
 from gradcam.backends.jax.guided import rectified_forward
 
@@ -36,8 +37,14 @@ def run(
     rule: str,
     with_input_gradient: bool,
     target: common.Target,
+    explained: Any = None,
+    at: str = "output",
 ) -> dict[str, Any]:
-    """Run the cached jitted probe on ``batch``, after checking ``target`` against the model's output shape.
+    """Run the cached jitted probe on ``batch``, after checking ``target`` against the model's output shape;
+    ``at``: the layers' outputs, or their inputs (``"input"``).
+
+    ``batch`` is one array, or the list or dict of a model's several inputs with ``explained`` the key of the one
+    explained: the input gradient is taken with respect to it alone.
 
     Returns
     -------
@@ -54,17 +61,43 @@ def run(
             "the model's output is not one array, so not (N, classes); "
             "give target= a callable that maps the output to one score per image"
         )
-    classes = common.requested_classes(target, batch.shape[0], common.output_classes(output_shape, target))
+    classes = common.requested_classes(
+        target, multi.parts_rows(batch), common.output_classes(output_shape, target)
+    )
     # an index past int32 is past any class range; clip so that the cast cannot wrap into a valid class
     classes = np.clip(classes, common.TOP1, np.iinfo(np.int32).max).astype(np.int32)
     target_fn = target if callable(target) else None
-    key = ("probe", structure, tuple(names), rule, with_input_gradient, target_fn)
+    neuron = _neuron_layer(jm, batch, names, target, rule, common.check_at(at))
+    key = ("probe", structure, tuple(names), rule, with_input_gradient, target_fn, explained, at, neuron)
     traced, fn = model.CACHE.get(
-        key, lambda: _compiled(key, structure, tuple(names), rule, with_input_gradient, target_fn)
+        key,
+        lambda: _compiled(key, structure, tuple(names), rule, with_input_gradient, target_fn, explained, at, neuron),
     )
     result = jax.tree_util.tree_map(np.asarray, fn(variables, batch, classes))
     result["relu_count"] = traced.relu_count
     return result
+
+
+def _neuron_layer(
+    jm: model.AnyModel, batch: Any, names: list[str], target: common.Target, rule: str, at: str
+) -> tuple[str, int] | None:
+    """A ``Neuron`` target's layer (its canonical name) and the channel axis of its output; ``None`` for any other
+    target. Its output is seen by the tap of the plain forward, so the ReLU rules and layer inputs cannot have one.
+
+    A unit whose layer finishes before every explained layer cannot depend on them; JAX would give a zero
+    gradient without a word, so it is refused here, as autograd refuses it in the other backends."""
+    if common.unit_target(target) is None:
+        return None
+    if rule != "plain" or at != "output":
+        raise ValueError(
+            "the JAX backend scores a Neuron target in the plain forward at the layers' outputs only; use it with "
+            "the gradient methods (Grad-CAM, saliency ...) without of_input, not with Guided Backprop or Deconvnet"
+        )
+    (name,) = model.resolve_layers(jm, batch, [target.layer])
+    order = list(model.trace(model.structure_of(jm), model.variables_of(jm), batch).calls)
+    if names and all(order.index(name) < order.index(explained) for explained in names):
+        raise common.score_independent_of(names, f"; the Neuron's layer {name!r} runs before them")
+    return name, jm.channel_axis
 
 
 def _compiled(key: tuple[Any, ...], *args: Any) -> tuple[_Probe, Callable[..., Any]]:
@@ -90,8 +123,14 @@ class _Probe:
         rule: str,
         with_input_gradient: bool,
         target_fn: Callable[[Any], Any] | None,
+        explained: Any = None,
+        at: str = "output",
+        neuron: tuple[str, int] | None = None,
     ) -> None:
         self.key = key
+        self.at = at  # the layers' outputs or their inputs
+        self.neuron = neuron  # a Neuron target's layer and the channel axis of its output
+        self.explained = explained  # the key of the explained one of several inputs (None: one input)
         self.structure = structure
         self.names = names
         self.rule = rule
@@ -100,13 +139,14 @@ class _Probe:
         # ReLUs the rule rewrote, counted while tracing (every trace of one structure counts the same)
         self.relu_count = -1
 
-    def __call__(self, variables: Any, x: jax.Array, classes: jax.Array) -> dict[str, Any]:
+    def __call__(self, variables: Any, everything: Any, classes: jax.Array) -> dict[str, Any]:
         _TRACES[self.key] += 1
-        calls = model.trace(self.structure, variables, x).calls
+        calls = model.trace(self.structure, variables, everything, self.at).calls
         zeros = {name: jnp.zeros(calls[name].shape, calls[name].dtype) for name in self.names}
+        x = self._explained(everything)  # what the input gradient is taken with respect to
 
-        def tapped(x: jax.Array, eps: dict[str, jax.Array]) -> tuple[jax.Array, tuple[Any, ...]]:
-            return self._tapped_total(variables, classes, calls, x, eps)
+        def tapped(xe: jax.Array, eps: dict[str, jax.Array]) -> tuple[jax.Array, tuple[Any, ...]]:
+            return self._tapped_total(variables, classes, calls, self._inputs(everything, xe), eps)
 
         one = jnp.ones((), jnp.float32)
         input_grad = None
@@ -121,7 +161,7 @@ class _Probe:
         else:
             # the rule's backward reaches the input; the layers' gradients stay plain (Guided Grad-CAM)
             _, backward, (outputs, scores, targets) = jax.vjp(
-                lambda x: self._rectified_total(variables, classes, x), x, has_aux=True
+                lambda xe: self._rectified_total(variables, classes, self._inputs(everything, xe)), x, has_aux=True
             )
             (input_grad,) = backward(one)
             captured, layer_grads = {}, {}
@@ -140,6 +180,17 @@ class _Probe:
             result["input_gradient"] = input_grad.astype(jnp.float32)
         return result
 
+    def _explained(self, x: Any) -> jax.Array:
+        return x if self.explained is None else x[self.explained]
+
+    def _inputs(self, x: Any, explained: jax.Array) -> Any:
+        """``x`` with ``explained`` in the explained input's place (the other inputs are constants of the vjp)."""
+        if self.explained is None:
+            return explained
+        parts = dict(x) if isinstance(x, dict) else list(x)
+        parts[self.explained] = explained
+        return parts
+
     def _tapped_total(
         self,
         variables: Any,
@@ -148,20 +199,32 @@ class _Probe:
         x: jax.Array,
         eps: dict[str, jax.Array],
     ) -> tuple[jax.Array, tuple[Any, ...]]:
-        """``sum_n y_n`` with ``eps[name]`` added to each requested layer's output; the outputs, scores,
-        targets and the layers' outputs ride along."""
+        """``sum_n y_n`` with ``eps[name]`` added to each requested layer's output (or input); the outputs,
+        scores, targets and the layers' outputs (inputs) ride along."""
         captured: dict[str, jax.Array] = {}
+        seen: dict[str, jax.Array] = {}
 
         def tap(name: str, index: int, output: Any) -> Any:
             # only the last call of a layer is the one explained; earlier calls pass unchanged
-            if name not in eps or index != calls[name].count - 1:
+            if index != calls[name].count - 1:
                 return output
-            captured[name] = output
-            return output + eps[name]
+            if name in eps:
+                captured[name] = output
+                output = output + eps[name]
+            if self.neuron is not None and name == self.neuron[0]:
+                seen["neuron"] = output  # after the eps, so that a unit of an explained layer is scored through it
+            return output
 
-        outputs = model.forward(self.structure, variables, x, tap)
-        scores, targets = _target_scores(outputs, classes, self.target_fn)
+        outputs = model.forward(self.structure, variables, x, tap, self.at)
+        scores, targets = _target_scores(outputs, classes, self._scorer(seen))
         return jnp.sum(scores), (outputs, scores, targets, captured)
+
+    def _scorer(self, seen: dict[str, jax.Array]) -> Callable[[Any], Any] | None:
+        """The target function: a ``Neuron``'s scores its layer's output that the tap saw, any other is as given."""
+        if self.neuron is None:
+            return self.target_fn
+        neuron, axis = self.target_fn, self.neuron[1]
+        return lambda outputs: neuron.layer_score(seen["neuron"], axis)
 
     def _rectified_total(self, variables: Any, classes: jax.Array, x: jax.Array) -> tuple[jax.Array, tuple[Any, ...]]:
         outputs, self.relu_count = rectified_forward(self.structure, variables, x, self.rule)

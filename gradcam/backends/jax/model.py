@@ -13,6 +13,8 @@ Why this module exists (DESIGN.md sections 5 and 7):
 * A Flax ``nnx`` module is split into its structure and state and merged again inside each trace (``nnx``).
 * ``output`` selects one entry of a dict, tuple or dataclass output, for every kind of model.
 * A layer called more than once in one forward is taken at its **last** call, as in the torch backend.
+* A layer's *input* (``at="input"``: a Flax ``linen`` module's first argument) passes through the same
+  callback before the layer runs; a pair's one layer and ``nnx`` modules are read at their outputs only.
 * The layers, their output shapes and the model's output shape come from one abstract trace
   (``jax.eval_shape``: nothing computed), cached per input shape; the output shape lets class targets
   be checked against the number of classes before the compiled probe runs.
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradcam.backends import common
+from gradcam.backends import inputs as multi
 from gradcam.backends.jax import nnx
 
 FEATURES = "features"
@@ -261,15 +264,22 @@ def variable_paths(jm: FlaxModel | NnxModel) -> list[str]:
     return list(names)
 
 
-def forward(structure: Structure, variables: Any, x: Any, on_output: OnOutput | None = None) -> Any:
+def forward(
+    structure: Structure, variables: Any, x: Any, on_output: OnOutput | None = None, at: str = "output"
+) -> Any:
     """The model's outputs (the selected one); each layer output passes through ``on_output(name, call_index,
-    output)``."""
-    return common.select_output(_outputs(structure, variables, x, on_output), structure.output)
+    output)`` (``at="input"``: each layer's input, the layer then running on what ``on_output`` returns)."""
+    if on_output is not None and common.check_at(at) == "input" and structure.kind != "flax":
+        raise ValueError(
+            "layers are read at their inputs (at='input') in a Flax linen module only; a (features, head) pair's "
+            "layer input is the model's input, and nnx modules are read at their outputs"
+        )
+    return common.select_output(_outputs(structure, variables, x, on_output, at), structure.output)
 
 
-def _outputs(structure: Structure, variables: Any, x: Any, on_output: OnOutput | None) -> Any:
+def _outputs(structure: Structure, variables: Any, x: Any, on_output: OnOutput | None, at: str = "output") -> Any:
     if structure.kind == "pair":
-        features = structure.features(x)
+        features = multi.called(structure.features, x)
         if on_output is not None:
             features = on_output(FEATURES, 0, features)
         return structure.head(features)
@@ -279,20 +289,23 @@ def _outputs(structure: Structure, variables: Any, x: Any, on_output: OnOutput |
 
     kwargs = dict(structure.apply_kwargs)
     if on_output is None:
-        return structure.module.apply(variables, x, method=structure.method, **kwargs)
+        return multi.called(structure.module.apply, x, variables, method=structure.method, **kwargs)
     calls: collections.Counter[str] = collections.Counter()
 
     def interceptor(next_fun: Callable[..., Any], args: Any, kw: Any, context: Any) -> Any:
-        output = next_fun(*args, **kw)
         path = context.module.path
         if context.method_name != "__call__" or not path:
-            return output
+            return next_fun(*args, **kw)
         name = "/".join(path)
         calls[name] += 1
-        return on_output(name, calls[name] - 1, output)
+        if at == "output":
+            return on_output(name, calls[name] - 1, next_fun(*args, **kw))
+        if not args:
+            raise TypeError(f"layer {name!r} is called without a positional input; choose a module called on one")
+        return next_fun(on_output(name, calls[name] - 1, args[0]), *args[1:], **kw)
 
     with nn.intercept_methods(interceptor):
-        return structure.module.apply(variables, x, method=structure.method, **kwargs)
+        return multi.called(structure.module.apply, x, variables, method=structure.method, **kwargs)
 
 
 def ablated_forward(structure: Structure, name: str, axis: int, first: int) -> Callable[..., Any]:
@@ -315,13 +328,16 @@ def ablated_forward(structure: Structure, name: str, axis: int, first: int) -> C
     return run
 
 
-def trace(structure: Structure, variables: Any, x: Any) -> Trace:
-    """Every layer with its calls, and the output shape, for ``x``'s shape (traced once per shape, cached)."""
-    key = ("trace", structure, tuple(x.shape), str(x.dtype))
-    return CACHE.get(key, lambda: _trace(structure, variables, x))
+def trace(structure: Structure, variables: Any, x: Any, at: str = "output") -> Trace:
+    """Every layer with its calls, and the output shape, for ``x``'s shape (traced once per shape, cached); the
+    layers' shapes are those of their inputs for ``at="input"``."""
+    # x: one array, or a list or dict of a model's several inputs
+    leaves, tree = jax.tree_util.tree_flatten(x)
+    key = ("trace", structure, tree, tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves), at)
+    return CACHE.get(key, lambda: _trace(structure, variables, x, at))
 
 
-def _trace(structure: Structure, variables: Any, x: Any) -> Trace:
+def _trace(structure: Structure, variables: Any, x: Any, at: str = "output") -> Trace:
     calls: dict[str, LayerCall] = {}
 
     def record(name: str, index: int, output: Any) -> Any:
@@ -331,7 +347,7 @@ def _trace(structure: Structure, variables: Any, x: Any) -> Trace:
         return output
 
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (variables, x))
-    output = jax.eval_shape(lambda v, xb: forward(structure, v, xb, record), *abstract)
+    output = jax.eval_shape(lambda v, xb: forward(structure, v, xb, record, at), *abstract)
     return Trace(calls, _shape_dtype(output)[0])
 
 

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from gradcam.backends import inputs as multi
+
 OnOutput = Callable[[str, int, Any], Any]
 
 
@@ -48,9 +50,9 @@ def forward(graphdef: Any, state: Any, x: Any, on_output: OnOutput | None = None
 
     module = nnx.merge(graphdef, state)
     if on_output is None:
-        return module(x)
+        return multi.called(module, x)
     with _reporting(module_paths(module), on_output):
-        return module(x)
+        return multi.called(module, x)
 
 
 @contextlib.contextmanager

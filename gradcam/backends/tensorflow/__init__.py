@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradcam.backends import choice, common, layouts
+from gradcam.backends import inputs as multi
 from gradcam.backends.probe import InputGradient, Probe
 from gradcam.backends.tensorflow import graphs
 from gradcam.backends.tensorflow.explained import Explained, explained_model
@@ -65,13 +66,14 @@ def is_model(model: Any) -> bool:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """The input batch as float32 NumPy in the model's layout (``(N, H, W, C)`` for channels-last).
+    """The (explained) input batch as float32 NumPy in the model's layout (``(N, H, W, C)`` for channels-last).
 
     Raises
     ------
     TypeError
         For a torch tensor, with the transpose that gives the Keras layout.
     """
+    x = multi.explained(x)
     common.refuse_torch_tensor(x, "Keras", _LAYOUT)
     return np.asarray(x, dtype=np.float32)
 
@@ -94,11 +96,11 @@ def layer_shapes(model: keras.Model, x: Any) -> list[tuple[str, tuple[int, ...]]
     layers) at its last call; layers whose output is not one tensor are left out.
     """
     _require_model(model)
-    return _recorded_shapes(model, _as_batch(model, x))[0]
+    return _recorded_shapes(model, _model_inputs(model, x)[1])[0]
 
 
 def _recorded_shapes(
-    model: keras.Model, batch: np.ndarray
+    model: keras.Model, batch: Any
 ) -> tuple[list[tuple[str, tuple[int, ...]]], tuple[int, ...] | None]:
     """``layer_shapes``, and the shape of the model's output (``None`` when it is not one tensor)."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -111,7 +113,7 @@ def _recorded_shapes(
         return output
 
     with reporting_calls(layer_paths(model), record):
-        outputs = model(tf.constant(batch), training=False)
+        outputs = model(multi.parts_map(tf.constant, batch), training=False)
     return list(shapes.items()), tuple(int(d) for d in outputs.shape) if tf.is_tensor(outputs) else None
 
 
@@ -123,9 +125,9 @@ def layer_choice(model: keras.Model, x: Any) -> choice.LayerChoice:
     layer is then the very one a method runs on ``x`` (compiling costs more than computing).
     """
     _require_model(model)
-    sample = _as_batch(model, x)
+    sample, called, _ = _model_inputs(model, x)
     paths = layer_paths(model)
-    shapes, output_shape = _recorded_shapes(model, sample)
+    shapes, output_shape = _recorded_shapes(model, called)
     infos = [
         choice.LayerInfo(
             name,
@@ -142,7 +144,7 @@ def layer_choice(model: keras.Model, x: Any) -> choice.LayerChoice:
         # the default target (top-1 class) for class scores, so that the compiled probe is the one a method reuses
         target = None if output_shape is not None and len(output_shape) == 2 else _dependence_score
         try:
-            found = probe(model, sample, name, target=target)
+            found = probe(model, x, name, target=target)
         except common.ScoreIndependentError:
             return False
         return bool(np.any(found.gradients[name] != 0))
@@ -162,9 +164,11 @@ def predict(model: keras.Model, x: Any, batch_size: int | None = None) -> np.nda
     to full size (and the padding dropped) so that one compiled shape serves every chunk.
     """
     _require_model(model)
-    batch = _as_batch(model, x)
+    _, called, _ = _model_inputs(model, x)
     forward = graphs.compiled(model, ("predict",), lambda: graphs.ForwardGraph(model))
-    return common.predict_in_chunks(lambda chunk: forward(tf.constant(chunk)).numpy(), batch, batch_size, pad=True)
+    return common.predict_in_chunks(
+        lambda chunk: forward(multi.parts_map(tf.constant, chunk)).numpy(), called, batch_size, pad=True
+    )
 
 
 def probe(
@@ -173,6 +177,7 @@ def probe(
     layers: Any,
     target: common.Target = None,
     reshape: common.Reshape | None = None,
+    at: str = "output",
 ) -> Probe:
     """Activations ``A`` and gradients ``G = d y / d A`` at ``layers``: one forward, one backward, compiled.
 
@@ -182,7 +187,8 @@ def probe(
         A Keras 3 model, run with ``training=False``.
     x
         ``(N, H, W, C)`` NumPy array or ``tf.Tensor`` (the model's own layout; signals ``(N, L, C)``, volumes and
-        clips ``(N, D, H, W, C)``).
+        clips ``(N, D, H, W, C)``). A functional model with several inputs takes a list or dict of them (called
+        with it), or a ``gradcam.backends.inputs.Inputs`` naming the explained one, whose grid the maps have.
     layers
         A layer name, a ``"submodel/layer"`` path (or a layer name that is unique among the nested ones),
         a layer object of the model, or a non-empty list of them; ``default_layer(model, x)`` gives the default.
@@ -193,6 +199,9 @@ def probe(
         How each layer's output is read as ``(N, K, h, w)``: a layout name (``"NHWC"``, ``"NTC:1"``;
         ``gradcam.backends.layouts``), a function on the NumPy array (a 4-D map given to it channels first), or
         ``None`` to infer the layout from the output's shape.
+    at
+        ``"output"`` (the papers' ``A``) or ``"input"``: each layer's input (the first argument of its ``call``)
+        and the gradient at it, read by ``reshape`` as outputs are.
 
     Raises
     ------
@@ -205,14 +214,14 @@ def probe(
         A layer that did not run, or that the score does not depend on.
     """
     _require_model(model)
-    batch = _as_batch(model, x)
+    batch, called, key = _model_inputs(model, x)
     specs = common.required_layers(layers)
     resolved = resolve_layers(model, specs)
-    result = graphs.run_probe(model, batch, list(resolved), "plain", False, target)
+    result = graphs.run_probe(model, called, list(resolved), "plain", False, target, key, at)
     try:
         return _make_probe(model, resolved, result, batch, reshape)
     except layouts.LayoutError as error:
-        raise common.with_better_layer(error, lambda: default_layer(model, batch)) from None
+        raise common.with_better_layer(error, lambda: default_layer(model, x)) from None
 
 
 def input_gradient(
@@ -224,7 +233,7 @@ def input_gradient(
     reshape: common.Reshape | None = None,
 ) -> InputGradient:
     """``d y / d x`` as ``(N, C, *grid)`` float32 (``(N, C, H, W)`` for images), with the ReLU backward given by
-    ``rule``.
+    ``rule``; with several inputs, with respect to the explained one only.
 
     Parameters
     ----------
@@ -248,9 +257,9 @@ def input_gradient(
     """
     common.check_rule(rule)
     _require_model(model)
-    batch = _as_batch(model, x)
+    batch, called, key = _model_inputs(model, x)
     resolved = resolve_layers(model, common.layer_list(layers))
-    result = graphs.run_probe(model, batch, list(resolved), rule, True, target)
+    result = graphs.run_probe(model, called, list(resolved), rule, True, target, key)
     return InputGradient(
         gradient=common.channels_first(result["input_gradient"], input_channel_axis(model)),
         scores=result["scores"],
@@ -272,7 +281,7 @@ def predict_ablated(
     layer that runs more than once in one forward is refused: which of its calls to ablate would be a guess.
     """
     _require_model(model)
-    batch = _as_batch(model, x)
+    batch, called, _ = _model_inputs(model, x)
     ((name, _),) = resolve_layers(model, [layer]).items()
     chosen = np.asarray(channels, dtype=np.int64).reshape(-1)
     if chosen.shape != (batch.shape[0],):
@@ -280,7 +289,7 @@ def predict_ablated(
     key = ("ablated", name, reshape)
     size = _input_size(model, batch)
     graph = graphs.compiled(model, key, lambda: graphs.AblatedGraph(model, name, reshape, size))
-    return graph(tf.constant(batch), tf.constant(chosen)).numpy()
+    return graph(multi.parts_map(tf.constant, called), tf.constant(chosen)).numpy()
 
 
 def dense_weight(model: keras.Model, layer: Any) -> np.ndarray:
@@ -405,6 +414,22 @@ def _require_model(model: Any) -> None:
         )
 
 
+def _model_inputs(model: keras.Model, x: Any) -> tuple[np.ndarray, Any, Any]:
+    """``(batch, called, key)``: the explained input as a checked batch, what the model is called with (that batch,
+    or the list or dict of all inputs, the others as NumPy) and the explained input's key (``None``: one input)."""
+    inputs = multi.read(x)
+    batch = _as_batch(model, inputs.explained)
+    if len(inputs.parts) == 1 and not inputs.by_name:  # one input, also as a tuple of one
+        return batch, batch, None
+    return batch, inputs.converted(_other_input).structure(batch), inputs.key
+
+
+def _other_input(part: Any) -> np.ndarray:
+    common.refuse_torch_tensor(part, "Keras", _LAYOUT)
+    array = np.asarray(part)
+    return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+
+
 def _as_batch(model: keras.Model, x: Any) -> np.ndarray:
     grid = _model_grid(model)
     return common.checked_batch(to_numpy(x), common.input_layout(grid, input_channel_axis(model)), grid)
@@ -414,7 +439,8 @@ def _model_grid(model: keras.Model) -> int | None:
     """The number of grid axes of the model's declared input (``None`` when it declares none, as a subclassed
     model before its first call): 1 for signals, 2 for images, 3 for volumes."""
     try:
-        shape = model.inputs[0].shape
+        (declared,) = model.inputs  # several inputs: any grid (the explained one is named by the caller)
+        shape = declared.shape
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
     return len(shape) - 2 if 3 <= len(shape) <= 5 else None

@@ -28,8 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 from gradcam.backends import common
+from gradcam.backends import inputs as multi
 from gradcam.backends.tensorflow.guided import backward_rule, rectified, relu_layers
-from gradcam.backends.tensorflow.layers import channel_axis, layer_paths, reporting_calls
+from gradcam.backends.tensorflow.layers import channel_axis, layer_paths, reporting_calls, resolve_layers
 
 # compiled functions kept per model; more than this many layer sets / target functions on one
 # model and the least recently used is dropped (a new lambda per call would otherwise pile up)
@@ -64,24 +65,31 @@ def run_probe(
     rule: str,
     with_input_gradient: bool,
     target: common.Target,
+    key: Any = None,
+    at: str = "output",
 ) -> dict[str, Any]:
     """Run the cached compiled probe on ``batch``; results as NumPy (``activations``/``gradients`` tuples).
+
+    ``batch`` is one array, or the list or dict of a model's several inputs with ``key`` the one explained (the
+    input gradient is taken with respect to it alone). ``at``: the layers' outputs, or their inputs (``"input"``).
 
     ``targets`` holds the class of each image (-1 for a target function), checked against the model's
     classes before the graph runs whenever their number is known without running it.
     """
-    classes = common.requested_classes(target, batch.shape[0])
+    classes = common.requested_classes(target, multi.parts_rows(batch))
     target_fn = target if callable(target) else None
-    key = ("probe", tuple(names), rule, with_input_gradient, target_fn)
-    graph = compiled(model, key, lambda: ProbeGraph(model, tuple(names), rule, with_input_gradient, target_fn))
-    x, chosen = tf.constant(batch), tf.constant(classes)
+    request = ("probe", tuple(names), rule, with_input_gradient, target_fn, key, common.check_at(at))
+    graph = compiled(
+        model, request, lambda: ProbeGraph(model, tuple(names), rule, with_input_gradient, target_fn, key, at)
+    )
+    x, chosen = multi.parts_map(tf.constant, batch), tf.constant(classes)
     by_class = target is not None and target_fn is None
     n_classes = _known_classes(model, graph, x, chosen) if by_class else None
     if n_classes is not None:
         common.check_class_range(classes, n_classes)
     result = tf.nest.map_structure(lambda t: t.numpy(), graph(x, chosen))
     if by_class and n_classes is None:
-        n_classes = _CLASSES[model][tuple(batch.shape)] = int(result["logits"].shape[1])
+        n_classes = _CLASSES[model][_shapes(batch)] = int(result["logits"].shape[1])
         common.check_class_range(classes, n_classes)
     result["relu_count"] = len(graph.python_function.relu_calls) if rule != "plain" else -1
     return result
@@ -94,13 +102,20 @@ def _known_classes(model: keras.Model, graph: Any, x: tf.Tensor, classes: tf.Ten
     functions run eagerly (a model that needs eager mode may not trace at all) and the shape is new.
     """
     known = _CLASSES.setdefault(model, {})
-    shape = tuple(x.shape)
+    shape = _shapes(x)
     if shape not in known and not tf.config.functions_run_eagerly():
         # a class target on an output that is not (N, classes) fails this trace with the shared message
         logits = graph.get_concrete_function(x, classes).structured_outputs["logits"]
         if logits.shape[1] is not None:
             known[shape] = int(logits.shape[1])
     return known.get(shape)
+
+
+def _shapes(x: Any) -> tuple[Any, ...]:
+    """The input's shape, or its inputs' shapes (a model with several): what a trace is made for."""
+    if isinstance(x, (list, tuple, dict)):
+        return tuple(tuple(part.shape) for part in tf.nest.flatten(x))
+    return tuple(x.shape)
 
 
 class ForwardGraph:
@@ -174,22 +189,29 @@ class ProbeGraph:
         rule: str,
         with_input_gradient: bool,
         target_fn: Callable[[Any], Any] | None,
+        key: Any = None,
+        at: str = "output",
     ) -> None:
         self.model_ref = weakref.ref(model)
+        self.key = key  # the explained one of several inputs (None: one input)
+        self.at = at  # the layers' outputs or their inputs
         self.names = names
         self.rule = rule
         self.with_input_gradient = with_input_gradient
         self.target_fn = target_fn
+        self.unit = common.unit_target(target_fn)  # a Neuron: scored from its layer's output, not the outputs
         # Guided Grad-CAM: the layers' plain gradients and the input's rule gradient need two backwards
         self.two_backwards = with_input_gradient and rule != "plain" and bool(names)
         self.relu_calls: list[None] = []
 
     def __call__(self, x: tf.Tensor, classes: tf.Tensor) -> dict[str, Any]:
+        explained = x if self.key is None else x[self.key]
         with tf.GradientTape(watch_accessed_variables=False, persistent=self.two_backwards) as tape:
             if self.with_input_gradient:
-                tape.watch(x)
-            outputs, captured = self._forward(x, tape)
-            scores, targets = _target_scores(outputs, classes, self.target_fn)
+                tape.watch(explained)
+            outputs, captured, unit_scores = self._forward(x, tape)
+            target_fn = self.target_fn if self.unit is None else lambda _: unit_scores
+            scores, targets = _target_scores(outputs, classes, target_fn)
             total = tf.reduce_sum(scores)
         result = {"scores": scores, "targets": targets}
         if tf.is_tensor(outputs) and outputs.shape.rank == 2:
@@ -198,21 +220,25 @@ class ProbeGraph:
         if self.with_input_gradient and not self.two_backwards:
             # one backward reaches the input and, for the plain rule, the layers on its way
             with backward_rule(self.rule):
-                gradients = _gradients(tape, total, layer_outputs + [x], list(self.names) + ["input"])
+                gradients = _gradients(tape, total, layer_outputs + [explained], list(self.names) + ["input"])
             result["input_gradient"] = tf.cast(gradients.pop(), tf.float32)
         else:
             with backward_rule("plain"):
                 gradients = _gradients(tape, total, layer_outputs, list(self.names))
             if self.with_input_gradient:
                 with backward_rule(self.rule):
-                    (input_gradient,) = _gradients(tape, total, [x], ["input"])
+                    (input_gradient,) = _gradients(tape, total, [explained], ["input"])
                 result["input_gradient"] = tf.cast(input_gradient, tf.float32)
         result["activations"] = tuple(tf.cast(output, tf.float32) for output in layer_outputs)
         result["gradients"] = tuple(tf.cast(g, tf.float32) for g in gradients)
         return result
 
-    def _forward(self, x: tf.Tensor, tape: tf.GradientTape) -> tuple[Any, dict[str, tf.Tensor]]:
-        """The model's outputs, and each requested layer's output (watched by ``tape``) at its last call."""
+    def _forward(
+        self, x: tf.Tensor, tape: tf.GradientTape
+    ) -> tuple[Any, dict[str, tf.Tensor], tf.Tensor | None]:
+        """The model's outputs, each requested layer's output (or input) watched by ``tape``, at its last call,
+        and a ``Neuron`` target's scores of its layer's output, seen in the same forward (``None`` for any other
+        target)."""
         model = self.model_ref()
         paths = layer_paths(model)
         captured: dict[str, tf.Tensor] = {}
@@ -220,9 +246,13 @@ class ProbeGraph:
         def watch(layer_names: list[str], output: Any) -> Any:
             if not tf.is_tensor(output):
                 raise TypeError(
-                    f"layer {layer_names[0]!r} returns a {type(output).__name__}, not a tensor; "
-                    "choose a layer whose output is one tensor"
+                    f"layer {layer_names[0]!r} {'is called on' if self.at == 'input' else 'returns'} a "
+                    f"{type(output).__name__}, not a tensor; choose a layer whose {self.at} is one tensor"
                 )
+            if self.at == "input":
+                # the layer's own node: G counts the paths through this layer, not through other readers of the
+                # tensor (a residual's shortcut), as in the torch and JAX backends
+                output = tf.identity(output)
             tape.watch(output)
             for name in layer_names:
                 captured[name] = output
@@ -232,12 +262,35 @@ class ProbeGraph:
             if self.rule != "plain":
                 # counted while tracing: the compiled function reuses the trace, and its count with it
                 self.relu_calls = patches.enter_context(rectified(relu_layers(model)))
-            patches.enter_context(reporting_calls({name: paths[name] for name in self.names}, watch))
+            patches.enter_context(reporting_calls({name: paths[name] for name in self.names}, watch, self.at))
+            unit_output = self._watched_unit(paths, patches)
             outputs = model(x, training=False)
         missing = [name for name in self.names if name not in captured]
         if missing:
             raise common.layers_did_not_run(missing)
-        return outputs, captured
+        return outputs, captured, None if unit_output is None else unit_output()
+
+    def _watched_unit(
+        self, paths: dict[str, keras.layers.Layer], patches: contextlib.ExitStack
+    ) -> Callable[[], tf.Tensor] | None:
+        """For a ``Neuron`` target, its layer patched (after the explained layers, so that it sees what they hand
+        on) to keep its last output, and the function that scores it once the forward ran; ``None`` otherwise."""
+        if self.unit is None:
+            return None
+        (path,) = resolve_layers(self.model_ref(), [self.unit.layer])
+        seen: dict[str, Any] = {}
+
+        def keep(layer_names: list[str], output: Any) -> Any:
+            seen["output"] = output
+            return output
+
+        def unit_scores() -> tf.Tensor:
+            if "output" not in seen:
+                raise common.layers_did_not_run([path])
+            return self.unit.layer_score(seen["output"], channel_axis(paths[path]))
+
+        patches.enter_context(reporting_calls({path: paths[path]}, keep))
+        return unit_scores
 
 
 def _gradients(tape: tf.GradientTape, total: tf.Tensor, sources: list[tf.Tensor], names: list[str]) -> list[tf.Tensor]:

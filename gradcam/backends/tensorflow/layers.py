@@ -27,7 +27,8 @@ EXPLAINS = "_gradcam_explains"
 """The attribute by which ``explained.Explained`` holds the model whose layers it lists as its own."""
 
 Report = Callable[[list[str], Any], Any]
-"""``report(names, output)``: sees a layer's output (and the paths it goes by) and returns what the call returns."""
+"""``report(names, output)``: sees a layer's output (and the paths it goes by) and returns what the call returns;
+with ``at="input"``, sees the layer's first argument and returns what the layer is called with instead."""
 
 
 def layer_paths(model: keras.Model) -> dict[str, keras.layers.Layer]:
@@ -94,11 +95,13 @@ def channel_axis(layer: keras.layers.Layer | None = None) -> int:
 
 
 @contextlib.contextmanager
-def reporting_calls(layers: dict[str, keras.layers.Layer], report: Report) -> Iterator[None]:
-    """While open, each layer's ``call`` hands its output to ``report(names, output)`` and returns what that returns.
+def reporting_calls(layers: dict[str, keras.layers.Layer], report: Report, at: str = "output") -> Iterator[None]:
+    """While open, each layer's ``call`` hands its output to ``report(names, output)`` and returns what that returns
+    (``at="input"``: hands its first argument to ``report`` and runs on what that returns).
 
     A layer that goes by several paths is patched once and reports all of them.
     """
+    wrap = _reporting_input if common.check_at(at) == "input" else _reporting
     names_of: dict[int, list[str]] = {}
     objects: dict[int, keras.layers.Layer] = {}
     for name, layer in layers.items():
@@ -106,13 +109,22 @@ def reporting_calls(layers: dict[str, keras.layers.Layer], report: Report) -> It
         objects[id(layer)] = layer
     with contextlib.ExitStack() as stack:
         for key, layer in objects.items():
-            stack.enter_context(instance_attribute(layer, "call", _reporting(layer.call, names_of[key], report)))
+            stack.enter_context(instance_attribute(layer, "call", wrap(layer.call, names_of[key], report)))
         yield
 
 
 def _reporting(call: Callable[..., Any], names: list[str], report: Report) -> Callable[..., Any]:
     def reporting_call(*args: Any, **kwargs: Any) -> Any:
         return report(names, call(*args, **kwargs))
+
+    return reporting_call
+
+
+def _reporting_input(call: Callable[..., Any], names: list[str], report: Report) -> Callable[..., Any]:
+    def reporting_call(*args: Any, **kwargs: Any) -> Any:
+        if not args:
+            raise TypeError(f"layer {names[0]!r} is called without a positional input; choose a layer called on one")
+        return call(report(names, args[0]), *args[1:], **kwargs)
 
     return reporting_call
 

@@ -25,13 +25,21 @@ import numpy as np
 import torch
 
 from gradcam.backends import choice, common, layouts
+from gradcam.backends import inputs as multi
 from gradcam.backends.probe import InputGradient, Probe
-from gradcam.backends.torch.capture import Capture, forward_capturing, is_training, left_as_found, parameters_frozen
+from gradcam.backends.torch.capture import (
+    Capture,
+    NeuronOutput,
+    forward_capturing,
+    is_training,
+    left_as_found,
+    parameters_frozen,
+)
 from gradcam.backends.torch.guided import ReluRule
 from gradcam.backends.torch.inputs import (
-    as_batch,
     grid_size,
     host_array,
+    model_inputs,
     require_module,
     resolve_layer,
     resolve_layers,
@@ -74,7 +82,8 @@ def is_model(model: Any) -> bool:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """The input batch as float32 NumPy ``(N, C, H, W)`` (a tensor is moved to the host)."""
+    """The (explained) input batch as float32 NumPy ``(N, C, H, W)`` (a tensor is moved to the host)."""
+    x = multi.explained(x)
     if torch.is_tensor(x):
         return host_array(x)
     return np.asarray(x, dtype=np.float32)
@@ -98,11 +107,11 @@ def layer_shapes(model: torch.nn.Module, x: Any) -> list[tuple[str, tuple[int, .
     children) at its last call; modules whose output is not a tensor are left out.
     """
     require_module(model)
-    return _recorded_shapes(model, as_batch(model, x))[0]
+    return _recorded_shapes(model, *model_inputs(model, x))[0]
 
 
 def _recorded_shapes(
-    model: torch.nn.Module, xt: torch.Tensor
+    model: torch.nn.Module, xt: torch.Tensor, inputs: multi.Inputs
 ) -> tuple[list[tuple[str, tuple[int, ...]]], tuple[int, ...] | None]:
     """``layer_shapes``, and the shape of the model's output (``None`` when it is not one tensor)."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -119,7 +128,7 @@ def _recorded_shapes(
         for name, module in model.named_modules():
             if name:
                 hooks.append(module.register_forward_hook(record(name)))
-        output = model(xt)
+        output = inputs.call(model, xt)
     return list(shapes.items()), tuple(output.shape) if torch.is_tensor(output) else None
 
 
@@ -131,10 +140,10 @@ def layer_choice(model: torch.nn.Module, x: Any) -> choice.LayerChoice:
     the score depends on it (usually the last candidate, so one).
     """
     require_module(model)
-    xt = as_batch(model, x)
-    sample = xt if is_training(model) else xt[:1]
+    xt, inputs = model_inputs(model, x)
+    sample, sample_inputs = (xt, inputs) if is_training(model) else (xt[:1], inputs.take(slice(0, 1)))
     modules = dict(model.named_modules())
-    shapes, output_shape = _recorded_shapes(model, sample)
+    shapes, output_shape = _recorded_shapes(model, sample, sample_inputs)
     infos = [
         choice.LayerInfo(
             name,
@@ -152,7 +161,7 @@ def layer_choice(model: torch.nn.Module, x: Any) -> choice.LayerChoice:
         # the top-1 class (the default target) for class scores; else the sum of every output
         target = None if output_shape is not None and len(output_shape) == 2 else lambda out: dependence_score(out, n)
         try:
-            found = probe(model, sample, name, target=target)
+            found = probe(model, sample_inputs.replaced(sample), name, target=target)
         except common.ScoreIndependentError:
             return False
         return bool(np.any(found.gradients[name] != 0))
@@ -226,12 +235,14 @@ def predict(model: torch.nn.Module, x: Any, batch_size: int | None = None) -> np
     model's device once and is split there (views, no copies), rather than chunked as NumPy on the host.
     """
     require_module(model)
-    xt = as_batch(model, x)
-    chunks = [xt] if batch_size is None else torch.split(xt, common.positive_int(batch_size, "batch_size"))
+    xt, inputs = model_inputs(model, x)
+    n = int(xt.shape[0])
+    size = n if batch_size is None else common.positive_int(batch_size, "batch_size")
     outputs = []
     with left_as_found(model):
-        for chunk in chunks:
-            out = model(chunk)
+        for start in range(0, n, size):
+            rows = slice(start, start + size)
+            out = inputs.take(rows).call(model, xt[rows])
             if not torch.is_tensor(out):
                 raise TypeError(
                     f"the model returned a {type(out).__name__}, not a tensor; predict needs a model "
@@ -253,7 +264,7 @@ def predict_ablated(
     refused: which of its calls to ablate would be a guess.
     """
     require_module(model)
-    xt = as_batch(model, x)
+    xt, inputs = model_inputs(model, x)
     (name,), (module,) = resolve_layers(model, [layer])
     chosen = torch.as_tensor(np.asarray(channels, dtype=np.int64).reshape(-1), device=xt.device)
     if chosen.shape[0] != xt.shape[0]:
@@ -274,7 +285,7 @@ def predict_ablated(
 
     with left_as_found(model) as hooks, torch.no_grad():
         hooks.append(module.register_forward_hook(zero_channels))
-        out = model(xt)
+        out = inputs.call(model, xt)
     if not torch.is_tensor(out):
         raise TypeError(
             f"the model returned a {type(out).__name__}, not a tensor; predict_ablated needs a model whose output "
@@ -289,6 +300,7 @@ def probe(
     layers: Any,
     target: common.Target = None,
     reshape: common.Reshape | None = None,
+    at: str = "output",
 ) -> Probe:
     """Activations ``A`` and gradients ``G = d y / d A`` at ``layers``: one forward, one backward.
 
@@ -298,7 +310,9 @@ def probe(
         Any ``torch.nn.Module``, explained in the train/eval mode it is in.
     x
         ``(N, C, H, W)`` tensor (any device) or NumPy array (signals ``(N, C, L)``, volumes and clips
-        ``(N, C, D, H, W)``); moved to the model's device and dtype.
+        ``(N, C, D, H, W)``); moved to the model's device and dtype. A model with several inputs takes a tuple
+        (``model(*x)``), a dict (``model(**x)``) or a ``gradcam.backends.inputs.Inputs`` naming the explained one,
+        whose grid the maps have.
     layers
         A dotted name (``"layer4"``, ``"layer4.1.conv2"``), a module of the model, or a non-empty
         list of them; ``default_layer(model, x)`` gives the default.
@@ -309,6 +323,9 @@ def probe(
         How each layer's output is read as ``(N, K, h, w)``: a layout name (``"NCHW"``, ``"NHWC"``, ``"NTC:1"``
         for ViT tokens; ``gradcam.backends.layouts``), a function on the NumPy array, or ``None`` to infer the
         layout from the output's shape (refused, with the reason, when it is unclear).
+    at
+        ``"output"`` (the papers' ``A``) or ``"input"``: each layer's input (its first positional argument) and the
+        gradient at it, read by ``reshape`` as outputs are.
 
     Raises
     ------
@@ -317,21 +334,25 @@ def probe(
         whose first dimension is not the batch).
     """
     require_module(model)
-    xt = as_batch(model, x)
+    xt, inputs = model_inputs(model, x)
     specs = common.required_layers(layers)
     names, modules = resolve_layers(model, specs)
     # type and count of the target now; its range once the forward has given the number of classes
     common.requested_classes(target, xt.shape[0])
+    common.check_at(at)
+    neuron = _neuron_output(model, target)
     with left_as_found(model):
-        capture, outputs = forward_capturing(model, xt, names, modules)
+        capture, outputs = forward_capturing(
+            lambda batch: inputs.call(model, batch), xt, names, modules, at, neuron
+        )
         torch.set_grad_enabled(True)
         capture.check_all_ran()
-        scores, targets, logits = _target_scores(outputs, target, xt.shape[0])
+        scores, targets, logits = _target_scores(outputs, neuron.target, xt.shape[0])
         gradients = _gradients(scores, capture.tensors(), names)
     try:
         return _make_probe(capture, gradients, scores, targets, logits, xt, reshape)
     except layouts.LayoutError as error:
-        raise common.with_better_layer(error, lambda: default_layer(model, xt)) from None
+        raise common.with_better_layer(error, lambda: default_layer(model, inputs.replaced(xt))) from None
 
 
 def input_gradient(
@@ -342,7 +363,8 @@ def input_gradient(
     layers: Any = None,
     reshape: common.Reshape | None = None,
 ) -> InputGradient:
-    """``d y / d x`` ``(N, C, H, W)`` float32 (``(N, C, *grid)``), with the ReLU backward given by ``rule``.
+    """``d y / d x`` ``(N, C, H, W)`` float32 (``(N, C, *grid)``), with the ReLU backward given by ``rule``; with
+    several inputs (``probe``'s ``x``), the gradient with respect to the explained one only.
 
     ``rule``: ``"plain"`` (ordinary gradient); ``"guided"`` (Guided Backprop: a ReLU passes the
     gradient only where its input > 0 AND the incoming gradient > 0); ``"deconvnet"`` (only where
@@ -352,21 +374,22 @@ def input_gradient(
     """
     common.check_rule(rule)
     require_module(model)
-    xt = as_batch(model, x)
+    xt, inputs = model_inputs(model, x)
     names, modules = resolve_layers(model, common.layer_list(layers))
     common.requested_classes(target, xt.shape[0])
     capture = Capture(names, modules)
+    neuron = _neuron_output(model, target)
     relu_rule = ReluRule(rule) if rule != "plain" else None
     with left_as_found(model) as hooks, parameters_frozen(model):
-        hooks.extend(capture.attach())
+        hooks.extend(capture.attach() + neuron.attach())
         torch.set_grad_enabled(True)
         x_leaf = xt.detach().requires_grad_()
         # a copy goes in, so that a model editing its input in place neither fails on the leaf
         # nor changes the caller's tensor
         with relu_rule or contextlib.nullcontext():
-            outputs = model(x_leaf.clone())
+            outputs = inputs.call(model, x_leaf.clone())
         capture.check_all_ran()
-        scores, targets, logits = _target_scores(outputs, target, xt.shape[0])
+        scores, targets, logits = _target_scores(outputs, neuron.target, xt.shape[0])
         layer_gradients = _gradients(scores, capture.tensors(), names, keep_graph=True) if names else []
         if relu_rule is not None:
             relu_rule.active = True
@@ -380,6 +403,12 @@ def input_gradient(
         probe=layer_probe,
         relu_count=relu_rule.count if relu_rule is not None else -1,
     )
+
+
+def _neuron_output(model: torch.nn.Module, target: common.Target) -> NeuronOutput:
+    """What scores ``target``: a ``Neuron``'s layer watched in the forward, any other target as it is."""
+    unit = common.unit_target(target)
+    return NeuronOutput(target, resolve_layers(model, [unit.layer])[1][0] if unit is not None else None)
 
 
 def _gradients(

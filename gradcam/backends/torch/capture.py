@@ -13,6 +13,11 @@ Why this module exists (DESIGN.md sections 5 and 7):
   the second forward is paid only by the models that edit the layer's output.
 * A layer called more than once in one forward (a ReLU module shared inside a block) is taken at
   its **last** call, the same rule ``layer_shapes`` and ``default_layer`` use.
+* A layer's *input* (``at="input"``) is taken by a forward pre-hook on its first positional argument, by the
+  same rules: the graph starts there, and an input edited in place later runs the forward again with copies.
+  The layer gets a node of its own (a fresh leaf, or a copy once the graph has started), so ``G`` is the
+  gradient along the paths through this layer: where other layers read the same tensor (a residual's
+  shortcut), their paths do not count, as in the Keras and JAX backends.
 * An input gradient records the whole network, so ``parameters_frozen`` sets the parameters'
   ``requires_grad`` off for the call (autograd then keeps nothing that only a parameter gradient
   needs) and back on after.
@@ -35,11 +40,16 @@ BufferRecord = tuple[torch.nn.Module, str, torch.Tensor, torch.Tensor]
 
 
 class Capture:
-    """Forward hooks that record the requested layers' outputs, the first one starting the graph."""
+    """Forward hooks that record the requested layers' outputs (``at="output"``) or inputs (``at="input"``, their
+    first positional argument), the first one starting the graph."""
 
-    def __init__(self, names: list[str], modules: list[torch.nn.Module], copy_outputs: bool = True) -> None:
+    def __init__(
+        self, names: list[str], modules: list[torch.nn.Module], copy_outputs: bool = True, at: str = "output"
+    ) -> None:
+        common.check_at(at)
         self.names = names
         self.copy_outputs = copy_outputs
+        self.at = at
         self.names_of: dict[torch.nn.Module, list[str]] = {}
         for name, module in zip(names, modules, strict=True):
             self.names_of.setdefault(module, []).append(name)
@@ -47,8 +57,23 @@ class Capture:
         self.versions: dict[str, int] = {}
 
     def attach(self) -> list[torch.utils.hooks.RemovableHandle]:
-        """One forward hook per distinct module; the caller removes the handles."""
+        """One forward hook (a pre-hook for inputs) per distinct module; the caller removes the handles."""
+        if self.at == "input":
+            return [module.register_forward_pre_hook(self._input_hook) for module in self.names_of]
         return [module.register_forward_hook(self._hook) for module in self.names_of]
+
+    def _input_hook(self, module: torch.nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+        names = self.names_of[module]
+        if not inputs or not torch.is_tensor(inputs[0]):
+            found = type(inputs[0]).__name__ if inputs else "no positional argument"
+            raise TypeError(
+                f"layer {names[0]!r} is called with {found} first, not a tensor; choose a module whose input is one "
+                "tensor"
+            )
+        # a copy once the graph has started (the layer's own node), and in the second forward: the caller still
+        # holds the input, and a later in-place edit of it would otherwise reach the recorded values
+        own = inputs[0].clone() if inputs[0].requires_grad or self.copy_outputs else inputs[0]
+        return (self._captured(names, own), *inputs[1:])
 
     def _hook(self, module: torch.nn.Module, inputs: Any, output: Any) -> torch.Tensor:
         names = self.names_of[module]
@@ -61,14 +86,18 @@ class Capture:
             # the output aliases the module's input (identity, view, in-place op), which the
             # caller may still edit in place after this point
             output = output.clone()
-        if not output.requires_grad:
+        return self._captured(names, output)
+
+    def _captured(self, names: list[str], tensor: torch.Tensor) -> torch.Tensor:
+        """Record ``tensor`` for ``names`` (the graph starts at it if none has yet) and give what is handed on."""
+        if not tensor.requires_grad:
             # the graph starts here: nothing before this layer was recorded
             torch.set_grad_enabled(True)
-            output = output.detach().requires_grad_()
+            tensor = tensor.detach().requires_grad_()
         for name in names:
-            self.outputs[name] = output
-            self.versions[name] = output._version
-        return output.clone() if self.copy_outputs else output
+            self.outputs[name] = tensor
+            self.versions[name] = tensor._version
+        return tensor.clone() if self.copy_outputs else tensor
 
     def edited_in_place(self) -> bool:
         """Whether the forward changed a captured output in place after its hook (its version moved)."""
@@ -85,30 +114,65 @@ class Capture:
         return [self.outputs[name] for name in self.names]
 
 
+class NeuronOutput:
+    """The output of a ``gradcam.targets.Neuron`` target's layer, recorded in the explaining forward, and the
+    target as a function of the model's outputs that scores it (any other target passes through unchanged).
+
+    The layer is only watched: its output is scored where it lies in the graph, which starts at the explained
+    layers, so a unit before them reaches no explained layer (``score_independent_of`` then says so).
+    """
+
+    def __init__(self, target: common.Target, module: torch.nn.Module | None) -> None:
+        self.neuron, self.module = (target, module) if module is not None else (None, None)
+        self.output: torch.Tensor | None = None
+        self.target: common.Target = target if module is None else self._score
+
+    def attach(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """The hook on the neuron's layer (none for another target); the caller removes it."""
+        return [self.module.register_forward_hook(self._hook)] if self.module is not None else []
+
+    def _hook(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if not torch.is_tensor(output):
+            raise TypeError(f"the Neuron target's layer returns a {type(output).__name__}, not a tensor")
+        self.output = output  # its last call, as for the explained layers
+
+    def _score(self, outputs: Any) -> torch.Tensor:
+        if self.output is None:
+            raise common.layers_did_not_run([str(self.neuron.layer)])
+        return self.neuron.layer_score(self.output, channel_axis=1)
+
+
 # autograd's message when an operation edits in place the leaf a hook handed on (torch 2.x)
 _LEAF_EDITED = "a leaf Variable that requires grad is being used in an in-place operation"
 
 
 def forward_capturing(
-    model: torch.nn.Module, x: torch.Tensor, names: list[str], modules: list[torch.nn.Module]
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    names: list[str],
+    modules: list[torch.nn.Module],
+    at: str = "output",
+    neuron: NeuronOutput | None = None,
 ) -> tuple[Capture, Any]:
-    """``model(x)`` with ``names`` captured, inside ``left_as_found``; run a second time with copies handed on
-    when the first forward edited a captured output in place (the module's docstring says why)."""
-    capture = Capture(names, modules, copy_outputs=False)
+    """``model(x)`` with ``names`` captured (their outputs, or inputs for ``at="input"``), inside
+    ``left_as_found``; run a second time with copies handed on when the first forward edited a captured tensor
+    in place (the module's docstring says why). A ``neuron``'s layer is watched after the capture's hooks, so
+    that it sees what they hand on (the graph's tensor when it is an explained layer too)."""
+    capture = Capture(names, modules, copy_outputs=False, at=at)
     try:
-        outputs = _hooked_forward(model, x, capture)
+        outputs = _hooked_forward(model, x, capture, neuron)
         if not capture.edited_in_place():
             return capture, outputs
     except RuntimeError as error:
         if _LEAF_EDITED not in str(error):
             raise
-    capture = Capture(names, modules, copy_outputs=True)
-    return capture, _hooked_forward(model, x, capture)
+    capture = Capture(names, modules, copy_outputs=True, at=at)
+    return capture, _hooked_forward(model, x, capture, neuron)
 
 
-def _hooked_forward(model: torch.nn.Module, x: torch.Tensor, capture: Capture) -> Any:
+def _hooked_forward(model: torch.nn.Module, x: torch.Tensor, capture: Capture, neuron: NeuronOutput | None) -> Any:
     torch.set_grad_enabled(False)  # the graph starts at the first hook, in each forward
-    handles = capture.attach()
+    handles = capture.attach() + (neuron.attach() if neuron is not None else [])
     try:
         return model(x)
     finally:

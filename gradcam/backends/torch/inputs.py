@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from gradcam.backends import common
+from gradcam.backends import inputs as multi
 
 
 def resolve_layers(model: torch.nn.Module, specs: list[Any]) -> tuple[list[str], list[torch.nn.Module]]:
@@ -62,6 +63,25 @@ def as_batch(model: torch.nn.Module, x: Any) -> torch.Tensor:
         # only on failure is the input copied to the host, for the shared message
         common.checked_batch(host_array(xt), common.input_layout(grid, 1), grid)
     return xt
+
+
+def model_inputs(model: torch.nn.Module, x: Any) -> tuple[torch.Tensor, multi.Inputs]:
+    """The explained input of ``x`` as ``as_batch`` gives it, and all of ``x``'s inputs (``gradcam.backends.inputs``)
+    with every other one a tensor on the model's device: ``inputs.call(model, xt)`` runs the model.
+
+    The other inputs keep their dtype unless floating (then the model's): token ids stay integers."""
+    inputs = multi.read(x)
+    xt = as_batch(model, inputs.explained)
+    return xt, inputs.converted(lambda part: _other_input(part, xt))
+
+
+def _other_input(part: Any, xt: torch.Tensor) -> torch.Tensor:
+    tensor = part.detach() if torch.is_tensor(part) else torch.as_tensor(np.asarray(part))
+    if tensor.is_inference():  # as for the explained input: an inference tensor cannot join a graph
+        with torch.inference_mode(False):
+            tensor = tensor.clone()
+    dtype = xt.dtype if tensor.is_floating_point() else tensor.dtype
+    return tensor.to(device=xt.device, dtype=dtype)
 
 
 def grid_size(xt: torch.Tensor) -> tuple[int, ...]:
