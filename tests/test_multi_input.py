@@ -248,7 +248,10 @@ def test_a_single_input_model_takes_input_zero_and_a_tuple_of_one(batch):
         torch.nn.Linear(4, 3),
     ).eval()
     expected = GradCAM(model, "0")(image, TARGETS)
-    for x, key in ((image, 0), ((image,), None), ([image], -1)):
+    for x, key in ((image, 0), ((image,), None), ((image,), -1)):
         np.testing.assert_array_equal(GradCAM(model, "0", input=key)(x, TARGETS).maps, expected.maps)
+    # a list of images of one shape is one batch, stacked, as before models could take several inputs
+    images = [np.asarray(row) for row in np.asarray(image)]
+    np.testing.assert_array_equal(GradCAM(model, "0")(images, TARGETS).maps, expected.maps)
     with pytest.raises(ValueError, match="input='image' names no input of the model; give an index 0..0"):
         GradCAM(model, "0", input="image")(image)

@@ -1,10 +1,10 @@
 """Models with several inputs: which one a map is about, and the others carried along (NumPy only, no framework).
 
 An image + metadata model takes ``model(image, meta)``; a map explains one of its inputs, the *explained* input,
-and every other input goes to the model unchanged. ``x`` is one batch, a tuple or list of batches (the model is
-called with them in order), or a dict of batches (called by keyword); ``Inputs`` holds that structure with the
-explained one named, so that one object travels from a method through a backend (the contract's ``x``) without
-any backend function taking a new parameter.
+and every other input goes to the model unchanged. ``x`` is one batch, a tuple of batches (or a list of batches
+of different shapes; the model is called with them in order), or a dict of batches (called by keyword);
+``Inputs`` holds that structure with the explained one named, so that one object travels from a method through a
+backend (the contract's ``x``) without any backend function taking a new parameter.
 
 Every part is a batch of the same ``N`` rows: row ``n`` of every part is example ``n``. Copies made of the
 explained input (noisy, masked, occluded rows of image ``n``) take row ``n`` of every other part (``replaced``).
@@ -123,11 +123,15 @@ def resolve_key(names: list[Key], key: Key | None, by_name: bool) -> Key:
 
 
 def is_structure(x: Any) -> bool:
-    """Whether ``x`` holds several inputs: an ``Inputs``, a dict, or a tuple or list of arrays (a nested list of
-    numbers is one batch)."""
+    """Whether ``x`` holds several inputs: an ``Inputs``, a dict, a tuple of arrays, or a list of arrays that
+    differ in shape (an image and its metadata). A list of arrays of one shape is one batch, stacked, as it was
+    before models could take several inputs (a list of images); a nested list of numbers is one batch too. Give
+    inputs of one shape (two images) as a tuple."""
     if isinstance(x, (Inputs, Mapping)):
         return True
-    return isinstance(x, (tuple, list)) and len(x) > 0 and all(hasattr(part, "shape") for part in x)
+    if not isinstance(x, (tuple, list)) or not x or not all(hasattr(part, "shape") for part in x):
+        return False
+    return isinstance(x, tuple) or len({tuple(part.shape) for part in x}) > 1
 
 
 def read(x: Any, key: Key | None = None) -> Inputs:
